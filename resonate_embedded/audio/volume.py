@@ -1,0 +1,59 @@
+"""Software volume in integer fixed point, with a short linear ramp.
+
+Gain is Q15 (32768 = unity).  amplitude = (volume/100)^1.5; mute is a separate
+flag.  Guarantee: at unity gain with no ramp in progress, :meth:`apply`
+returns its input unchanged (bit-exact); every other path uses integer numpy
+only (the Pi Zero's numpy is soft-float).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+UNITY_Q15 = 1 << 15
+
+
+def gain_q15(volume: int, muted: bool) -> int:
+    """Target gain for a volume 0..100 and a mute flag."""
+    if muted or volume <= 0:
+        return 0
+    return int(round(UNITY_Q15 * (min(volume, 100) / 100.0) ** 1.5))
+
+
+class VolumeStage:
+    """Applies the current gain, ramping linearly to a new one over ``ramp_frames``."""
+
+    def __init__(self, ramp_frames: int) -> None:
+        self._ramp_frames = max(1, ramp_frames)
+        self._gain = UNITY_Q15
+        self._target = UNITY_Q15
+
+    @property
+    def target_q15(self) -> int:
+        return self._target
+
+    def set_target(self, gain: int, immediate: bool = False) -> None:
+        self._target = gain
+        if immediate:
+            self._gain = gain
+
+    def set_ramp_frames(self, ramp_frames: int) -> None:
+        self._ramp_frames = max(1, ramp_frames)
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """Scale a (frames, channels) int16/int32 block; returns a new array or ``block``."""
+        n = block.shape[0]
+        if n == 0 or (self._gain == self._target == UNITY_Q15):
+            return block
+        if self._gain == self._target:
+            return _scale(block, np.int64(self._gain))
+        step = self._target - self._gain
+        k = np.arange(1, n + 1, dtype=np.int64)
+        ramp = self._gain + (step * np.minimum(k, self._ramp_frames)) // self._ramp_frames
+        self._gain = int(ramp[-1])
+        return _scale(block, ramp[:, None])
+
+
+def _scale(block: np.ndarray, gain: np.ndarray | np.int64) -> np.ndarray:
+    wide = block.astype(np.int64) * gain
+    return (wide >> 15).astype(block.dtype)

@@ -1,0 +1,55 @@
+"""A WebSocket to a server: serialised sends, receives stamped with local time.
+
+Transport only: no knowledge of message meaning.  Text frames are returned as
+``str``, binary frames as ``bytes``; each with the local time (µs) at which the
+frame was handed to us, which is T4 for clock exchanges.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from resonate_embedded.clock.local import local_now_us
+
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+@attrs.frozen
+class Received:
+    data: str | bytes
+    local_us: int
+
+
+class Connection:
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+        self._send_lock = trio.Lock()
+
+    async def send_text(self, text: str) -> None:
+        async with self._send_lock:
+            await self._ws.send_message(text)
+
+    async def receive(self) -> Received:
+        """Next frame; raises ConnectionClosed when the server is gone."""
+        data = await self._ws.get_message()
+        return Received(data, local_now_us())
+
+    async def close(self) -> None:
+        await self._ws.aclose()
+
+
+@asynccontextmanager
+async def connect(url: str, timeout_s: float = 10.0) -> AsyncIterator[Connection]:
+    """Open a WebSocket to ``url``; raises OSError/HandshakeError/ConnectionTimeout on failure."""
+    async with open_websocket_url(url, max_message_size=MAX_MESSAGE_BYTES, message_queue_size=64,
+                                  connect_timeout=timeout_s, disconnect_timeout=2.0,
+                                  receive_buffer_size=65536) as ws:
+        yield Connection(ws)
+
+
+__all__ = ["Connection", "ConnectionClosed", "Received", "connect"]

@@ -1,0 +1,329 @@
+"""Sendspin v1 JSON messages as attrs classes.
+
+Parsing guarantees: :func:`parse_server_message` either returns a typed message
+(unknown message types become :class:`UnknownMessage`, unknown keys are ignored)
+or raises :class:`ProtocolError` with a one-line reason.  It never raises
+anything else for any JSON text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Union
+
+import attrs
+
+from resonate_embedded.audio.formats import CODECS, StreamFormat
+
+MAX_TEXT_MESSAGE_BYTES = 1 << 20
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be understood; the connection survives it."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _field(payload: dict, key: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(f"missing field {key!r}")
+        return None
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ProtocolError(f"field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _int_in(payload: dict, key: str, lo: int, hi: int, required: bool = True) -> int | None:
+    value = _field(payload, key, int, required)
+    if value is not None and not lo <= value <= hi:
+        raise ProtocolError(f"field {key!r}={value} outside {lo}..{hi}")
+    return value
+
+
+def _roles(payload: dict) -> tuple[str, ...] | None:
+    """Role list with version suffixes stripped; None when absent (= all roles)."""
+    roles = payload.get("roles")
+    if roles is None:
+        return None
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise ProtocolError("field 'roles' is not a list of strings")
+    return tuple(r.split("@", 1)[0] for r in roles)
+
+
+# --------------------------------------------------------------------------- server → client
+
+
+@attrs.frozen
+class ServerHello:
+    server_id: str
+    name: str
+    version: int
+    active_roles: tuple[str, ...]
+    connection_reason: str | None
+
+
+@attrs.frozen
+class ServerTime:
+    client_transmitted_us: int
+    server_received_us: int
+    server_transmitted_us: int
+
+
+@attrs.frozen
+class GroupUpdate:
+    """A delta: None means 'not in this message'."""
+
+    playback_state: str | None
+    group_id: str | None
+    group_name: str | None
+
+
+@attrs.frozen
+class ServerCommand:
+    command: str
+    volume: int | None = None
+    mute: bool | None = None
+    output_delay_ms: int | None = None
+
+
+@attrs.frozen
+class StreamStart:
+    """The player part of stream/start (None when the message has no player part)."""
+
+    format: StreamFormat | None
+    codec_header: bytes | None
+
+
+@attrs.frozen
+class StreamClear:
+    roles: tuple[str, ...] | None
+
+    def concerns_player(self) -> bool:
+        return self.roles is None or "player" in self.roles
+
+
+@attrs.frozen
+class StreamEnd:
+    roles: tuple[str, ...] | None
+
+    def concerns_player(self) -> bool:
+        return self.roles is None or "player" in self.roles
+
+
+@attrs.frozen
+class ServerError:
+    reason: str
+
+
+@attrs.frozen
+class UnknownMessage:
+    type: str
+
+
+ServerMessage = Union[
+    ServerHello, ServerTime, GroupUpdate, ServerCommand, StreamStart, StreamClear, StreamEnd,
+    ServerError, UnknownMessage,
+]
+
+
+def _parse_server_hello(p: dict) -> ServerHello:
+    roles = p.get("active_roles") or []
+    if not isinstance(roles, list):
+        raise ProtocolError("field 'active_roles' is not a list")
+    return ServerHello(
+        server_id=_field(p, "server_id", str),
+        name=_field(p, "name", str, required=False) or "",
+        version=_field(p, "version", int, required=False) or 1,
+        active_roles=tuple(str(r) for r in roles),
+        connection_reason=_field(p, "connection_reason", str, required=False),
+    )
+
+
+def _parse_server_time(p: dict) -> ServerTime:
+    return ServerTime(
+        client_transmitted_us=_field(p, "client_transmitted", int),
+        server_received_us=_field(p, "server_received", int),
+        server_transmitted_us=_field(p, "server_transmitted", int),
+    )
+
+
+def _parse_group_update(p: dict) -> GroupUpdate:
+    return GroupUpdate(
+        playback_state=_field(p, "playback_state", str, required=False),
+        group_id=_field(p, "group_id", str, required=False),
+        group_name=_field(p, "group_name", str, required=False),
+    )
+
+
+def _parse_server_command(p: dict) -> ServerCommand | UnknownMessage:
+    player = p.get("player")
+    if player is None:
+        return UnknownMessage("server/command")
+    if not isinstance(player, dict):
+        raise ProtocolError("field 'player' is not an object")
+    delay = player.get("output_delay_ms", player.get("static_delay_ms"))
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool)):
+        raise ProtocolError("field 'output_delay_ms' is not an integer")
+    mute = player.get("mute")
+    if mute is not None and not isinstance(mute, bool):
+        raise ProtocolError("field 'mute' is not a boolean")
+    return ServerCommand(
+        command=_field(player, "command", str),
+        volume=_int_in(player, "volume", 0, 100, required=False),
+        mute=mute,
+        output_delay_ms=None if delay is None else min(max(delay, 0), 5000),
+    )
+
+
+def _parse_stream_format(p: dict) -> StreamFormat:
+    codec = _field(p, "codec", str)
+    if codec not in CODECS:
+        raise ProtocolError(f"unknown codec {codec!r}")
+    return StreamFormat(
+        codec=codec,
+        sample_rate=_int_in(p, "sample_rate", 1, 768_000),
+        channels=_int_in(p, "channels", 1, 32),
+        bit_depth=_int_in(p, "bit_depth", 1, 32),
+    )
+
+
+def _parse_stream_start(p: dict) -> StreamStart:
+    player = p.get("player")
+    if player is None:
+        return StreamStart(None, None)
+    if not isinstance(player, dict):
+        raise ProtocolError("field 'player' is not an object")
+    header_b64 = _field(player, "codec_header", str, required=False)
+    try:
+        header = base64.b64decode(header_b64, validate=True) if header_b64 else None
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"codec_header is not base64: {exc}") from None
+    return StreamStart(_parse_stream_format(player), header)
+
+
+_PARSERS = {
+    "server/hello": _parse_server_hello,
+    "server/time": _parse_server_time,
+    "group/update": _parse_group_update,
+    "server/command": _parse_server_command,
+    "stream/start": _parse_stream_start,
+    "stream/clear": lambda p: StreamClear(_roles(p)),
+    "stream/end": lambda p: StreamEnd(_roles(p)),
+    "server/error": lambda p: ServerError(str(p.get("reason", "unspecified"))),
+}
+
+
+def parse_server_message(text: str) -> ServerMessage:
+    """Parse one JSON text frame from the server."""
+    if len(text) > MAX_TEXT_MESSAGE_BYTES:
+        raise ProtocolError(f"text message of {len(text)} bytes is too large")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError("not an object with a string 'type'")
+    payload = obj.get("payload", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"{obj['type']}: payload is not an object")
+    parser = _PARSERS.get(obj["type"])
+    if parser is None:
+        return UnknownMessage(obj["type"])
+    try:
+        return parser(payload)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{obj['type']}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- client → server
+
+
+def _dump(msg_type: str, payload: dict) -> str:
+    return json.dumps({"type": msg_type, "payload": payload}, separators=(",", ":"))
+
+
+@attrs.frozen
+class DeviceInfo:
+    product_name: str
+    manufacturer: str
+    software_version: str
+
+
+@attrs.frozen
+class ClientHello:
+    client_id: str
+    name: str
+    device_info: DeviceInfo
+    formats: tuple[StreamFormat, ...]
+    buffer_capacity: int
+    supported_commands: tuple[str, ...] = ("volume", "mute")
+
+    def to_json(self) -> str:
+        support = {
+            "supported_formats": [attrs.asdict(f) for f in self.formats],
+            "buffer_capacity": self.buffer_capacity,
+            "supported_commands": list(self.supported_commands),
+        }
+        return _dump("client/hello", {
+            "client_id": self.client_id,
+            "name": self.name,
+            "version": 1,
+            "device_info": attrs.asdict(self.device_info),
+            "supported_roles": ["player@v1"],
+            "player@v1_support": support,
+            "player_support": support,
+        })
+
+
+@attrs.frozen
+class PlayerState:
+    """The player object of client/state (full or delta: None fields are left out)."""
+
+    volume: int | None = None
+    muted: bool | None = None
+    output_delay_ms: int | None = None
+    required_lead_time_ms: int | None = None
+    min_buffer_ms: int | None = None
+    supported_commands: tuple[str, ...] | None = None
+    delay_key: str = "output_delay_ms"
+
+    def to_payload(self) -> dict:
+        out: dict[str, Any] = {}
+        for key in ("volume", "muted", "required_lead_time_ms", "min_buffer_ms"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.output_delay_ms is not None:
+            out[self.delay_key] = self.output_delay_ms
+        if self.supported_commands is not None:
+            out["supported_commands"] = list(self.supported_commands)
+        return out
+
+
+@attrs.frozen
+class ClientState:
+    state: str | None = None  # "synchronized" | "error" | "external_source"
+    player: PlayerState | None = None
+
+    def to_json(self) -> str:
+        payload: dict[str, Any] = {}
+        if self.state is not None:
+            payload["state"] = self.state
+        if self.player is not None:
+            payload["player"] = self.player.to_payload()
+        return _dump("client/state", payload)
+
+
+def client_time_json(client_transmitted_us: int) -> str:
+    return _dump("client/time", {"client_transmitted": client_transmitted_us})
+
+
+def client_goodbye_json(reason: str) -> str:
+    return _dump("client/goodbye", {"reason": reason})

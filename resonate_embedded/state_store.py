@@ -1,0 +1,83 @@
+"""What the speaker remembers across restarts and power cuts.
+
+The state is one small JSON file written atomically (temp file, fsync, rename,
+fsync of the directory), so a power cut leaves either the old or the new state,
+never a torn one.  A missing or unreadable file gives defaults and a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+@attrs.define
+class PersistentState:
+    client_id: str = attrs.field(factory=lambda: "resonate-" + secrets.token_hex(6))
+    volume: int = 100
+    muted: bool = False
+    output_delay_ms: int = 0
+    last_played_server_id: str | None = None
+
+
+def _valid(data: dict) -> dict:
+    out = {}
+    if isinstance(data.get("client_id"), str) and data["client_id"]:
+        out["client_id"] = data["client_id"]
+    if isinstance(data.get("volume"), int) and 0 <= data["volume"] <= 100:
+        out["volume"] = data["volume"]
+    if isinstance(data.get("muted"), bool):
+        out["muted"] = data["muted"]
+    if isinstance(data.get("output_delay_ms"), int) and 0 <= data["output_delay_ms"] <= 5000:
+        out["output_delay_ms"] = data["output_delay_ms"]
+    if isinstance(data.get("last_played_server_id"), str):
+        out["last_played_server_id"] = data["last_played_server_id"]
+    return out
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir
+        self._path = state_dir / STATE_FILE
+
+    def load(self) -> PersistentState:
+        try:
+            data = json.loads(self._path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            state = PersistentState()
+            self.save(state)
+            return state
+        except (OSError, ValueError) as exc:
+            log.error("state file %s unreadable (%s): using defaults", self._path, exc)
+            state = PersistentState()
+            self.save(state)
+            return state
+        return PersistentState(**_valid(data))
+
+    def save(self, state: PersistentState) -> None:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(attrs.asdict(state), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+            dir_fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            log.error("cannot save state to %s: %s", self._path, exc)
