@@ -1,0 +1,60 @@
+"""Configuration: TOML + flags, validated with clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from resonate_embedded.audio.formats import StreamFormat
+from resonate_embedded.config import ConfigError, build_config, load_toml, parse_formats
+from resonate_embedded.state_store import StateStore
+
+
+def test_formats_flag():
+    assert parse_formats("flac:48000:24:2,pcm:44100:16:1") == (
+        StreamFormat("flac", 48000, 2, 24), StreamFormat("pcm", 44100, 1, 16))
+    with pytest.raises(ConfigError, match="codec:rate:bits:channels"):
+        parse_formats("flac:48000")
+    with pytest.raises(ConfigError, match="integers"):
+        parse_formats("pcm:x:16:2")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"volume": 101}, "volume"), ({"dac_latency_us": -1}, "dac_latency_us"),
+    ({"formats": (StreamFormat("mp3", 48000, 2, 16),)}, "mp3"),
+    ({"formats": (StreamFormat("pcm", 48000, 2, 20),)}, "bit depth"),
+    ({"server": "http://x"}, "ws://"), ({"name": " "}, "name"), ({"bogus": 1}, "bogus"),
+])
+def test_bad_values(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config({}, kwargs)
+
+
+def test_toml_then_flags(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text('[player]\nname = "Kitchen"\ndevice = "hw:0"\nformats = ["pcm:48000:16:2"]\n')
+    cfg = build_config(load_toml(f), {"device": "paced", "name": None})
+    assert (cfg.name, cfg.device, cfg.formats) == ("Kitchen", "paced", (StreamFormat("pcm", 48000, 2, 16),))
+
+
+def test_bad_toml(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text("name = ")
+    with pytest.raises(ConfigError, match="c.toml"):
+        load_toml(f)
+    f.write_text("colour = 1\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_toml(f)
+
+
+def test_state_survives_and_corruption_gives_defaults(tmp_path: Path):
+    store = StateStore(tmp_path)
+    s = store.load()
+    s.volume, s.output_delay_ms = 42, 7
+    store.save(s)
+    again = StateStore(tmp_path).load()
+    assert (again.volume, again.output_delay_ms, again.client_id) == (42, 7, s.client_id)
+    (tmp_path / "state.json").write_text("{torn")
+    assert StateStore(tmp_path).load().volume == 100
+    (tmp_path / "state.json").write_text('{"volume": "loud", "muted": true}')
+    st = StateStore(tmp_path).load()
+    assert (st.volume, st.muted) == (100, True)
