@@ -7,8 +7,11 @@ output, i.e. drop frames to catch up).
 Guarantees:
 - the rate never exceeds ``max_ppm`` (default 2000 ppm = 0.2 %, well inside the
   0.5 % audibility budget), so the speed deviation over any window is bounded;
+- the rate mismatch measured directly (DAC position reports against the local
+  clock, and the server clock's drift from the Kalman filter) is fed forward, so
+  the error does not have to grow before drift is corrected;
 - inside the dead band (|error| ≤ ``deadband_us``) the proportional term is off
-  and the learned drift is held, so with a stable clock no frames are touched;
+  and the learned residual is held, so with a stable clock no frames are touched;
 - frames not at a correction point are passed through bit-exact; a correction
   point replaces two neighbours by their mean (drop) or adds their mean between
   them (insert), using integer arithmetic only.
@@ -24,30 +27,42 @@ PPM = 1_000_000
 
 @attrs.define
 class RateController:
-    """PI control of the correction rate from the measured error."""
+    """PI control of the correction rate from the smoothed measured error."""
 
-    kp_ppm_per_us: float = 1.0
-    ki_per_s: float = 0.25
-    deadband_us: int = 30
+    kp_ppm_per_us: float = 2.0
+    ki_per_s: float = 0.5
+    smoothing_us: int = 200_000
+    deadband_us: int = 12
     max_ppm: int = 2000
     integral_ppm: float = 0.0
+    smoothed_us: float | None = None
     ppm: int = 0
 
-    def update(self, error_us: float, dt_us: int) -> int:
-        """Feed one error measurement taken ``dt_us`` after the previous one; returns ppm."""
-        if abs(error_us) <= self.deadband_us:
+    def update(self, error_us: float, dt_us: int, feed_forward_ppm: float = 0.0) -> int:
+        """Feed one error measurement taken ``dt_us`` after the previous one; returns ppm.
+
+        ``feed_forward_ppm`` is the correction the known rate mismatch needs (DAC
+        crystal against server clock); the PI part only trims what is left.
+        """
+        if self.smoothed_us is None:
+            self.smoothed_us = float(error_us)
+        else:
+            self.smoothed_us += (error_us - self.smoothed_us) * dt_us / (self.smoothing_us + dt_us)
+        error = self.smoothed_us
+        if abs(error) <= self.deadband_us:
             proportional = 0.0
         else:
-            proportional = self.kp_ppm_per_us * error_us
-            self.integral_ppm += self.kp_ppm_per_us * self.ki_per_s * error_us * dt_us / PPM
+            proportional = self.kp_ppm_per_us * error
+            self.integral_ppm += self.kp_ppm_per_us * self.ki_per_s * error * dt_us / PPM
             self.integral_ppm = max(-self.max_ppm, min(self.max_ppm, self.integral_ppm))
-        total = proportional + self.integral_ppm
+        total = feed_forward_ppm + proportional + self.integral_ppm
         self.ppm = int(max(-self.max_ppm, min(self.max_ppm, total)))
         return self.ppm
 
     def reset(self, keep_drift: bool = True) -> None:
         if not keep_drift:
             self.integral_ppm = 0.0
+        self.smoothed_us = None
         self.ppm = 0
 
 
@@ -84,3 +99,43 @@ def corrected_block(block: np.ndarray, corrections: int) -> np.ndarray:
         out[points - 1] = means
         return np.delete(out, points, axis=0)
     return np.insert(block, points, means, axis=0)
+
+
+@attrs.define
+class DacRateEstimator:
+    """The DAC's rate error against the local clock, from its own position reports.
+
+    Fits frames-played against report time by least squares over the last
+    ``window_s`` seconds (decimated to one point per ``step_ms``), so the
+    one-frame quantisation of each report averages out.  ``ppm`` is None until
+    ``min_span_s`` of reports exist.
+    """
+
+    rate: int
+    window_s: float = 30.0
+    step_ms: int = 50
+    min_span_s: float = 0.5
+    points: list = attrs.field(factory=list)
+    ppm: float | None = None
+
+    def add(self, tstamp_local_ns: int, frames_played: int) -> None:
+        if self.points and tstamp_local_ns - self.points[-1][0] < self.step_ms * 1_000_000:
+            return
+        self.points.append((tstamp_local_ns, frames_played))
+        horizon = tstamp_local_ns - int(self.window_s * 1e9)
+        while self.points[0][0] < horizon:
+            self.points.pop(0)
+        span_s = (tstamp_local_ns - self.points[0][0]) / 1e9
+        if span_s >= self.min_span_s and len(self.points) >= 5:
+            self.ppm = self._fit()
+
+    def _fit(self) -> float:
+        t0, p0 = self.points[0]
+        ts = np.array([(t - t0) / 1e9 for t, _ in self.points])
+        ps = np.array([p - p0 for _, p in self.points], dtype=np.float64)
+        slope = np.polyfit(ts, ps, 1)[0]
+        return (slope / self.rate - 1.0) * PPM
+
+    def reset(self) -> None:
+        self.points.clear()
+        self.ppm = None

@@ -29,7 +29,9 @@ from resonate_embedded.audio.alsa_output import AlsaOutput, AlsaOutputError, Out
 from resonate_embedded.audio.commands import (
     EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume, WriterCommand,
 )
-from resonate_embedded.audio.correction import CorrectionScheduler, RateController, corrected_block
+from resonate_embedded.audio.correction import (
+    CorrectionScheduler, DacRateEstimator, RateController, corrected_block,
+)
 from resonate_embedded.audio.timeline import Segment, TimestampedQueue, frames_between
 from resonate_embedded.audio.volume import VolumeStage, gain_q15
 from resonate_embedded.clock.local import local_now_ns
@@ -60,6 +62,7 @@ class WriterStats:
     underruns: int = 0
     queued_device_frames: int = 0
     buffered_ms: int = 0
+    dac_ppm: float | None = None
     first_audio_local_us: int | None = None
 
 
@@ -86,6 +89,7 @@ class Writer:
         self._output_delay_us = output_delay_us
         self._controller = RateController()
         self._scheduler = CorrectionScheduler()
+        self._dac_rate = DacRateEstimator(48000)
         self._interrupted = False
         self.stats = WriterStats()
 
@@ -150,6 +154,7 @@ class Writer:
         last_measure_ns: int | None = None
         self._controller.reset()
         self._scheduler.reset()
+        self._dac_rate = DacRateEstimator(out.rate)
         while True:
             self._drain_commands()
             if self._interrupted:
@@ -188,8 +193,11 @@ class Writer:
             if handled:
                 return position, None, False
             dt_us = (report.tstamp_local_ns - last_measure_ns) // 1000 if last_measure_ns else 0
-            self._controller.update(error_us, dt_us)
+            self._dac_rate.add(report.tstamp_local_ns, out.frames_written - report.queued_frames)
+            feed_forward = mapping.drift * 1e6 - (self._dac_rate.ppm or 0.0)
+            self._controller.update(error_us, dt_us, feed_forward)
             self.stats.error_us = error_us
+            self.stats.dac_ppm = self._dac_rate.ppm
         position = self._write_block(out, seg, position, report.avail)
         self.stats.queued_device_frames = report.queued_frames
         self.stats.buffered_ms = self._queue.buffered_frames(position) * 1000 // out.rate
@@ -201,14 +209,18 @@ class Writer:
 
     def _next_dac_local_us(self, out: AlsaOutput, report) -> int:
         """Local time at which the next frame written will leave the speaker chain."""
-        queued_ns = report.queued_frames * 1_000_000_000 // out.rate
+        # The device reports whole frames played: at the timestamp, on average half
+        # a frame more has left than reported, so the queue is half a frame shorter.
+        queued_ns = (2 * report.queued_frames - 1) * 1_000_000_000 // (2 * out.rate)
         dac_local_ns = report.tstamp_local_ns + queued_ns
         return dac_local_ns // 1000 + self._dac_latency_us + self._output_delay_us
 
     async def _started(self, seg: Segment, position: int) -> None:
         self.stats.state = "playing"
         first = seg.chunks[0].start if seg.chunks else position
-        log.info("audio start aligned: %+d frames from the first chunk", position - first)
+        offset = self._clock.mapping.offset_us if self._clock.mapping else float("nan")
+        log.info("audio start aligned %+d frames from the first chunk (clock offset %+.1f us)",
+                 position - first, offset)
         if self.stats.first_audio_local_us is None:
             self.stats.first_audio_local_us = local_now_ns() // 1000
         await self._emit("synchronized")
@@ -253,4 +265,5 @@ class Writer:
         self._volume.set_target(self._gain_target)
         self._controller.reset()
         self._scheduler.reset()
+        self._dac_rate.reset()
         return None

@@ -11,7 +11,7 @@ from resonate_embedded.audio.correction import (
 def test_deadband_touches_nothing():
     c = RateController()
     for _ in range(1000):
-        assert c.update(20, 10_000) == 0
+        assert c.update(10, 10_000) == 0
 
 
 def test_rate_is_capped():
