@@ -17,4 +17,5 @@ def format_status(player) -> str:
         clock = "clock not synchronised"
     return (f"[{stats.state}] {server} {fmt} | {clock} | error {stats.error_us:+d} us "
             f"corr {stats.correction_ppm:+d} ppm (-{stats.frames_dropped}/+{stats.frames_inserted}) "
+            f"dac {stats.dac_ppm if stats.dac_ppm is not None else float('nan'):+.1f} ppm "
             f"| buffer {stats.buffered_ms} ms | underruns {stats.underruns}")

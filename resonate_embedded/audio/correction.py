@@ -32,24 +32,28 @@ class RateController:
     kp_ppm_per_us: float = 2.0
     ki_per_s: float = 0.5
     smoothing_us: int = 200_000
-    deadband_us: int = 12
+    deadband_us: int = 16
     max_ppm: int = 2000
     integral_ppm: float = 0.0
     smoothed_us: float | None = None
     ppm: int = 0
 
-    def update(self, error_us: float, dt_us: int, feed_forward_ppm: float = 0.0) -> int:
+    def update(self, error_us: float, dt_us: int, feed_forward_ppm: float = 0.0,
+                uncertainty_us: int = 0) -> int:
         """Feed one error measurement taken ``dt_us`` after the previous one; returns ppm.
 
         ``feed_forward_ppm`` is the correction the known rate mismatch needs (DAC
         crystal against server clock); the PI part only trims what is left.
+        ``uncertainty_us`` (the clock estimate's own error) widens the dead band to
+        half of it: chasing an estimate that is not yet better than that only
+        moves audio back and forth.
         """
         if self.smoothed_us is None:
             self.smoothed_us = float(error_us)
         else:
             self.smoothed_us += (error_us - self.smoothed_us) * dt_us / (self.smoothing_us + dt_us)
         error = self.smoothed_us
-        if abs(error) <= self.deadband_us:
+        if abs(error) <= max(self.deadband_us, uncertainty_us // 2):
             proportional = 0.0
         else:
             proportional = self.kp_ppm_per_us * error

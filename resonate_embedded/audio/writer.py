@@ -195,7 +195,7 @@ class Writer:
             dt_us = (report.tstamp_local_ns - last_measure_ns) // 1000 if last_measure_ns else 0
             self._dac_rate.add(report.tstamp_local_ns, out.frames_written - report.queued_frames)
             feed_forward = mapping.drift * 1e6 - (self._dac_rate.ppm or 0.0)
-            self._controller.update(error_us, dt_us, feed_forward)
+            self._controller.update(error_us, dt_us, feed_forward, mapping.error_us)
             self.stats.error_us = error_us
             self.stats.dac_ppm = self._dac_rate.ppm
         position = self._write_block(out, seg, position, report.avail)

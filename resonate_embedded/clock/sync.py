@@ -3,8 +3,8 @@
 Each burst sends ``BURST`` sequential ``client/time`` messages and feeds only
 the exchange with the smallest round trip to the filter (queueing delay only
 ever adds to a round trip, so the fastest exchange is the most symmetric one).
-Bursts come every 0.2 s until the filter has a few samples, then every 1 s
-until it has converged, then every ``STEADY_INTERVAL_S``.
+Bursts come every 0.2 s for the first ``FAST_UPDATES``, then every 1 s until
+the filter has converged, then every ``STEADY_INTERVAL_S``.
 
 The local clock is :func:`local_now_us` (CLOCK_MONOTONIC_RAW), the same clock
 the ALSA device timestamps in; the server's clock is never imitated.
@@ -30,6 +30,8 @@ FAST_INTERVAL_S = 0.2
 CONVERGING_INTERVAL_S = 1.0
 STEADY_INTERVAL_S = 3.0
 CONVERGED_ERROR_US = 200
+DRIFT_TRUSTED_AFTER = 10
+FAST_UPDATES = 20
 
 
 @attrs.frozen
@@ -50,17 +52,21 @@ class ClockSync:
 
     @property
     def mapping(self) -> ClockMapping | None:
-        return self.filter.mapping()
+        """The latest mapping; its drift is held at 0 until ``DRIFT_TRUSTED_AFTER`` updates."""
+        mapping = self.filter.mapping()
+        if mapping is not None and self.updates < DRIFT_TRUSTED_AFTER:
+            return attrs.evolve(mapping, drift=0.0)
+        return mapping
 
     def reset(self) -> None:
         self.filter.reset()
         self.updates = 0
 
     def interval_s(self) -> float:
-        if self.updates < 5:
+        if self.updates < FAST_UPDATES:
             return FAST_INTERVAL_S
         error = self.filter.error_us
-        if self.updates < 20 or error is None or error > CONVERGED_ERROR_US:
+        if self.updates < 2 * FAST_UPDATES or error is None or error > CONVERGED_ERROR_US:
             return CONVERGING_INTERVAL_S
         return STEADY_INTERVAL_S
 
