@@ -55,6 +55,7 @@ class Player:
             self.clock, writer_commands, events_send, self.state.volume, self.state.muted,
             self.state.output_delay_ms * 1000)
         self.session: Session | None = None
+        self._scope = trio.CancelScope()
 
     def hello(self) -> ClientHello:
         usable = set(decodable_formats())
@@ -68,20 +69,26 @@ class Player:
             formats=formats, buffer_capacity=byte_rate * self.config.buffer_seconds)
 
     async def run(self) -> None:
+        """Play until SIGINT/SIGTERM or :meth:`stop`."""
         async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
             nursery.start_soon(self.writer.run)
             nursery.start_soon(self._connection_loop)
-            nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(self._stop_on_signal)
             if self.config.stats:
                 nursery.start_soon(self._print_status)
 
-    async def _stop_on_signal(self, scope: trio.CancelScope) -> None:
+    async def stop(self, reason: str = "shutdown") -> None:
+        """Say goodbye to the server and end :meth:`run`."""
+        if self.session is not None:
+            await self.session.goodbye(reason)
+        self._scope.cancel()
+
+    async def _stop_on_signal(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s: saying goodbye", signal.Signals(signum).name)
-                if self.session is not None:
-                    await self.session.goodbye("shutdown")
-                scope.cancel()
+                await self.stop()
                 return
 
     async def _connection_loop(self) -> None:
