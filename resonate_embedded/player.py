@@ -95,7 +95,10 @@ class Player:
         backoff = BACKOFF_MIN_S
         while True:
             started = trio.current_time()
-            await self._one_session()
+            try:
+                await self._one_session()
+            except Exception:  # crash-only: a session's bug must not end the speaker
+                log.exception("session failed")
             self.clock.reset()
             await self._to_writer.send(EndStream())
             if trio.current_time() - started > STABLE_SESSION_S:
@@ -111,10 +114,10 @@ class Player:
                 self.session = Session(conn, self.hello(), self.state, lambda: self._store.save(self.state),
                                        self.clock, self._to_writer, self._writer_events)
                 await self.session.run()
-        except SessionRefused as exc:
-            log.error("%s: %s", url, exc)
-        except (OSError, HandshakeError, ConnectionClosed) as exc:
-            log.warning("cannot reach %s: %s", url, exc)
+        except* SessionRefused as group:
+            log.error("%s: %s", url, group.exceptions[0])
+        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as group:
+            log.warning("connection to %s lost: %s", url, group.exceptions[0])
         finally:
             self.session = None
 
