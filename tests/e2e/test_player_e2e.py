@@ -134,3 +134,29 @@ def test_sigterm_says_goodbye(tmp_path):
     assert result.player_exit == 0
     reasons = [e.get("goodbye_reason") for e in result.events if e.get("event") == "client_disconnected"]
     assert reasons == ["shutdown"]
+
+
+def test_underrun_mutes_recovers_and_realigns(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    marks = {}
+
+    async def during(srv):
+        await trio.sleep(3.0)
+        pid = int(subprocess.check_output(["pgrep", "-f", str(tmp_path / "underrun.state")]).split()[0])
+        os.kill(pid, signal.SIGSTOP)  # the writer misses its deadlines: the device runs dry
+        await trio.sleep(0.4)
+        os.kill(pid, signal.SIGCONT)
+        marks["resumed_ns"] = local_now_ns()
+        await trio.sleep(3.0)
+
+    result = run(Scenario("underrun", seconds=0), tmp_path, during)
+    assert result.player_exit == 0
+    assert len(result.log.xruns_ns) >= 1
+    m = result.matched
+    after = m.play_ns > marks["resumed_ns"] + 500_000_000
+    assert after.sum() > 48000, "did not play on after the underrun"
+    assert np.abs(m.error_us[after]).max() < ON_TIME_US
+    assert "underrun" in result.player_output
