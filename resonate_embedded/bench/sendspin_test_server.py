@@ -4,7 +4,7 @@
 Run with the Python 3.12 venv made by ``setup_server_venv.sh`` (it must NOT import
 anything from resonate_embedded)::
 
-    .venv-server/bin/python tests/server/sendspin_test_server.py --port 18928
+    .venv-server/bin/python resonate_embedded/bench/sendspin_test_server.py --port 18928
 
 Protocol (one JSON object per line):
 
@@ -14,7 +14,7 @@ Protocol (one JSON object per line):
 
 Every command is answered by ``{"event": "command_done", "cmd": C, "id": I, ...}`` or
 ``{"event": "error", "cmd": C, "id": I, "message": ...}`` (``id`` is echoed when given).
-See tests/server/README.md for the full list of commands and events and for the
+See resonate_embedded/bench/README.md for the full list of commands and events and for the
 definition of the test signal.
 """
 
@@ -364,9 +364,7 @@ def _fmt_dict(fmt: AudioFormat) -> dict[str, int]:
 
 def _parse_format(d: dict[str, Any] | None, default: AudioFormat | None = None) -> AudioFormat:
     if d is None:
-        if default is None:
-            raise ValueError("format is required")
-        return default
+        return default or AudioFormat(sample_rate=48000, bit_depth=16, channels=2)
     base = default or AudioFormat(sample_rate=48000, bit_depth=16, channels=2)
     rate = int(d.get("sample_rate", base.sample_rate))
     bits = int(d.get("bit_depth", base.bit_depth))
@@ -407,7 +405,9 @@ class StreamSession:
         self.group = group
         self.fmt = fmt
         self.signal_name = signal_name
-        self.duration_frames = None if duration_s is None else int(round(duration_s * fmt.sample_rate))
+        self.duration_frames = (
+            None if duration_s is None else int(round(duration_s * fmt.sample_rate))
+        )
         self.max_buffer_us = max_buffer_us
         self.chunk_frames_opt = chunk_frames
         self.live = live
@@ -415,9 +415,9 @@ class StreamSession:
         self.stream: Any = None
         self.next_frame = 0
         self.seq = 0
-        self.commits_since_anchor = 0
         self.expected_next_ts: int | None = None
         self._ts_residue = 0
+        self._ts_rate: int | None = None
         self.last_end_ts: int | None = None
         self.task: asyncio.Task[None] | None = None
         self._ops: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -455,9 +455,10 @@ class StreamSession:
         return max(1, int(self.fmt.sample_rate * 25_000 / 1_000_000))
 
     def reset_timeline(self) -> None:
+        """After stream.clear(): aiosendspin re-anchors the timeline with a zero residue."""
         self.expected_next_ts = None
         self._ts_residue = 0
-        self.commits_since_anchor = 0
+        self._ts_rate = None
 
     async def _apply_ops(self) -> None:
         while self._ops:
@@ -517,9 +518,11 @@ class StreamSession:
         resampled = False
         if probes:
             passthrough = [p for p in probes if p[0]]
-            chosen = passthrough[0] if passthrough else probes[0]
-            wire_ts = chosen[1]
-            resampled = not passthrough
+            if passthrough:
+                # Unconverted PCM: the resampler's output cursor is the wire timestamp.
+                wire_ts = passthrough[0][1]
+            else:
+                resampled = True
         ev: dict[str, Any] = {
             "seq": self.seq,
             "server_ts_us": wire_ts,
@@ -530,9 +533,16 @@ class StreamSession:
         if wire_ts != commit_ts:
             ev["commit_ts_us"] = commit_ts
         if resampled:
+            # The server converts this source format for every player; the output
+            # cursor (FIR delay included) is reported separately, the index signal is lost.
             ev["resampled"] = True
+            ev["wire_ts_us"] = probes[0][1]
         if tail_pad:
             ev["tail_pad"] = True
+        if self._ts_rate != fmt.sample_rate:
+            # aiosendspin resets its timeline residue when the source rate changes.
+            self._ts_rate = fmt.sample_rate
+            self._ts_residue = 0
         if self.expected_next_ts is not None and commit_ts != self.expected_next_ts:
             emit(
                 "timeline_jump",
@@ -542,16 +552,23 @@ class StreamSession:
                 shift_us=commit_ts - self.expected_next_ts,
                 wire_ts_us=wire_ts,
             )
-            self._ts_residue = 0
-        # Continuous expectation (same residue arithmetic as aiosendspin's timeline).
+        # Continuous expectation, same residue arithmetic as aiosendspin's timeline
+        # (a rebase shifts the timeline by whole µs and keeps the residue).
         num = self._ts_residue + frames * 1_000_000
         dur, self._ts_residue = divmod(num, fmt.sample_rate)
         self.expected_next_ts = commit_ts + dur
         self.last_end_ts = wire_ts + dur
         self.next_frame += frames
         self.seq += 1
-        self.commits_since_anchor += 1
         emit("chunk", **ev)
+
+    def _note_external_stop(self) -> None:
+        """Report a stream that aiosendspin stopped on its own (e.g. the group emptied)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        emit("stopped", reason="stream_ended_by_server", next_frame=self.next_frame,
+             group_id=self.group.group_id)
 
     async def _wait_until(self, ts_us: int) -> None:
         """Wait (interruptible by ops) until the server clock passes ts_us."""
@@ -571,6 +588,7 @@ class StreamSession:
             while True:
                 await self._apply_ops()
                 if self.stopped or self.stream is None or self.stream.is_stopped:
+                    self._note_external_stop()
                     return
                 if self.duration_frames is not None and self.next_frame >= self.duration_frames:
                     break
@@ -580,12 +598,14 @@ class StreamSession:
                 try:
                     await self._commit(n)
                 except StreamStoppedError:
+                    self._note_external_stop()
                     return
                 if self.stopped:
                     return
                 while await self._pace():
                     await self._apply_ops()
                     if self.stopped or self.stream.is_stopped:
+                        self._note_external_stop()
                         return
             # Finite source finished.
             last_frame = self.next_frame - 1
@@ -808,7 +828,9 @@ class Harness:
     # -- commands -------------------------------------------------------------------------
     async def handle(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
         name = cmd.get("cmd")
-        handler = getattr(self, f"cmd_{name}", None) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            raise CommandError("missing 'cmd'")
+        handler = getattr(self, f"cmd_{name}", None)
         if handler is None:
             raise CommandError(f"unknown command {name!r}")
         return await handler(cmd)
@@ -861,6 +883,11 @@ class Harness:
                     old.task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await old.task
+            if old.group is not client.group and old.group.has_active_stream:
+                # A stream on another group: end it properly, the new one starts elsewhere.
+                await old.group.stop()
+                emit("stopped", reason="replaced", next_frame=old.next_frame,
+                     group_id=old.group.group_id)
         group = client.group
         session = StreamSession(
             self,
@@ -895,7 +922,9 @@ class Harness:
         if s is None or s.stopped:
             raise CommandError("no active stream")
         keep = bool(cmd.get("keep_playing", False))
-        await s.call_between_commits(lambda: self.stop_group(s, reason="command", keep_playing=keep))
+        await s.call_between_commits(
+            lambda: self.stop_group(s, reason="command", keep_playing=keep)
+        )
         if s.task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(s.task, timeout=10)
@@ -942,7 +971,6 @@ class Harness:
             if change_source:
                 if s is not None and s.active:
                     s.fmt = new_fmt
-                    s.reset_timeline()
                 self.next_source_format = new_fmt
             emit(
                 "format_changed",
@@ -991,7 +1019,8 @@ class Harness:
                 continue
             declared = command in role.state_supported_commands
             if command is PlayerCommand.SET_OUTPUT_DELAY:
-                declared = declared or PlayerCommand.SET_STATIC_DELAY in role.state_supported_commands
+                legacy = PlayerCommand.SET_STATIC_DELAY in role.state_supported_commands
+                declared = declared or legacy
             if declared:
                 send(role)
             sent[client.client_id] = declared
@@ -1137,7 +1166,8 @@ async def amain(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, harness._quit.set)  # noqa: SLF001
-    threading.Thread(target=harness._stdin_thread, name="stdin", daemon=True).start()  # noqa: SLF001
+    stdin_reader = harness._stdin_thread  # noqa: SLF001
+    threading.Thread(target=stdin_reader, name="stdin", daemon=True).start()
     cmd_task = loop.create_task(harness.command_loop())
     quit_task = loop.create_task(harness._quit.wait())  # noqa: SLF001
     await asyncio.wait({cmd_task, quit_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,12 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from resonate_embedded.audio.decoders import (
-    DecodeError,
-    decodable_formats,
-    make_decoder,
-    opus_decoder,
-)
+from resonate_embedded.audio.av_decoders import opus_decoder
+from resonate_embedded.audio.decoders import DecodeError, decodable_formats, make_decoder
 from resonate_embedded.audio.formats import PcmShape, StreamFormat
 
 FLAC_BLOCK_HEADER = b"\x80\x00\x00\x22"  # last block, STREAMINFO, 34 bytes

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Create (idempotently) the Python 3.12 venv that runs the real Sendspin test server
+# (resonate_embedded/bench/sendspin_test_server.py, aiosendspin 10.x).
+#
+#   resonate_embedded/bench/setup_server_venv.sh [VENV_DIR]     (default: <repo>/.venv-server)
+#
+# Prints the venv's python path as the last line of stdout.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+venv="${1:-$repo/.venv-server}"
+
+# Requirements of the harness: aiosendspin 10.x with its "server" extra
+# (PyAV for FLAC/Opus encoding and resampling, numpy, pillow).
+reqs=("aiosendspin[server]>=10,<11" "av>=15" "numpy>=1.26")
+
+pick_python() {
+    if [[ -n "${SENDSPIN_SERVER_BASE_PYTHON:-}" ]]; then
+        echo "$SENDSPIN_SERVER_BASE_PYTHON"
+        return
+    fi
+    if command -v pyenv >/dev/null 2>&1; then
+        local prefix
+        if prefix="$(pyenv prefix 3.12.1 2>/dev/null)" && [[ -x "$prefix/bin/python" ]]; then
+            echo "$prefix/bin/python"
+            return
+        fi
+        # Any installed 3.12.x
+        local v
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -rV); do
+            if prefix="$(pyenv prefix "$v" 2>/dev/null)" && [[ -x "$prefix/bin/python" ]]; then
+                echo "$prefix/bin/python"
+                return
+            fi
+        done
+    fi
+    if command -v python3.12 >/dev/null 2>&1; then
+        command -v python3.12
+        return
+    fi
+    echo "error: no Python 3.12 found (install pyenv 3.12.1 or python3.12," \
+         "or set SENDSPIN_SERVER_BASE_PYTHON)" >&2
+    exit 1
+}
+
+venv_ok() {
+    [[ -x "$venv/bin/python" ]] || return 1
+    "$venv/bin/python" - <<'EOF' >/dev/null 2>&1
+import importlib.metadata as m, sys
+assert sys.version_info[:2] >= (3, 12)
+assert m.version("aiosendspin").split(".")[0] == "10"
+import av, numpy  # noqa: F401
+av.codec.Codec("flac", "w")
+from aiosendspin.server import SendspinServer  # noqa: F401
+EOF
+}
+
+if venv_ok; then
+    echo "server venv already complete: $venv" >&2
+else
+    if [[ ! -x "$venv/bin/python" ]]; then
+        base="$(pick_python)"
+        echo "creating $venv with $base" >&2
+        "$base" -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2 || true
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q "${reqs[@]}" >&2
+    if ! venv_ok; then
+        echo "error: $venv is still incomplete after pip install" >&2
+        exit 1
+    fi
+fi
+
+echo "$venv/bin/python"
