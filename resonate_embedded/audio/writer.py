@@ -117,7 +117,7 @@ class Writer:
             except trio.WouldBlock:
                 return
 
-    async def _emit(self, state: str) -> None:
+    def _emit(self, state: str) -> None:
         try:
             self._events.send_nowait(WriterEvent(state))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -139,7 +139,7 @@ class Writer:
                 output = AlsaOutput(self._output_config, segment.shape)
             except AlsaOutputError as exc:
                 log.error("audio output unavailable: %s", exc)
-                await self._emit("error")
+                self._emit("error")
                 self._queue.drop_head()
                 await trio.sleep(OPEN_RETRY_S)
                 continue
@@ -163,7 +163,8 @@ class Writer:
             try:
                 position, last_measure_ns, done = await self._step(out, seg, position, last_measure_ns)
             except Underrun:
-                position = await self._recover(out)
+                self._recover(out)
+                position = None
                 continue
             if done:
                 return
@@ -186,11 +187,11 @@ class Writer:
         next_server_us = mapping.server_from_local(self._next_dac_local_us(out, report))
         if position is None:
             position = seg.position_of(next_server_us)
-            await self._started(seg, position)
+            self._started(seg, position)
         else:
             error_us = next_server_us - seg.server_us_at(position)
-            position, handled = self._hard_resync(out, seg, position, error_us)
-            if handled:
+            if abs(error_us) > HARD_RESYNC_US:
+                position = self._hard_resync(out, seg, position, error_us)
                 return position, None, False
             dt_us = (report.tstamp_local_ns - last_measure_ns) // 1000 if last_measure_ns else 0
             self._dac_rate.add(report.tstamp_local_ns, out.frames_written - report.queued_frames)
@@ -215,7 +216,7 @@ class Writer:
         dac_local_ns = report.tstamp_local_ns + queued_ns
         return dac_local_ns // 1000 + self._dac_latency_us + self._output_delay_us
 
-    async def _started(self, seg: Segment, position: int) -> None:
+    def _started(self, seg: Segment, position: int) -> None:
         self.stats.state = "playing"
         first = seg.chunks[0].start if seg.chunks else position
         offset = self._clock.mapping.offset_us if self._clock.mapping else float("nan")
@@ -223,20 +224,21 @@ class Writer:
                  position - first, offset)
         if self.stats.first_audio_local_us is None:
             self.stats.first_audio_local_us = local_now_ns() // 1000
-        await self._emit("synchronized")
+        self._emit("synchronized")
 
-    def _hard_resync(self, out: AlsaOutput, seg: Segment, position: int,
-                     error_us: int) -> tuple[int, bool]:
-        """Realign in one step when the error is beyond what drift correction should fix."""
-        if abs(error_us) <= HARD_RESYNC_US:
-            return position, False
+    def _hard_resync(self, out: AlsaOutput, seg: Segment, position: int, error_us: int) -> int:
+        """Realign in one step an error beyond what drift correction should fix.
+
+        Late: skip that much audio.  Early: write that much silence.  The rate
+        loop restarts from the new error (its learned drift is kept).
+        """
         log.warning("hard resync: error %+d us", error_us)
         self._controller.reset()
         if error_us > 0:
-            return position + frames_between(0, error_us, out.rate), False
-        silence = frames_between(0, -error_us, out.rate)
-        out.write(np.zeros((min(silence, out.buffer_size), seg.shape.channels), dtype=seg.shape.dtype))
-        return position, True
+            return position + frames_between(0, error_us, out.rate)
+        silence = min(frames_between(0, -error_us, out.rate), out.buffer_size)
+        out.write(np.zeros((silence, seg.shape.channels), dtype=seg.shape.dtype))
+        return position
 
     def _write_block(self, out: AlsaOutput, seg: Segment, position: int, avail: int) -> int:
         if avail <= 0:
@@ -250,20 +252,19 @@ class Writer:
             self.stats.frames_inserted -= corrections
         self.stats.correction_ppm = self._controller.ppm
         written = out.write(self._volume.apply(block))
-        # frames the device refused are simply read again next time
-        consumed = avail + corrections if written == block.shape[0] else written
-        return position + consumed
+        if written != block.shape[0]:
+            log.warning("device took %d of %d frames", written, block.shape[0])
+        return position + avail + corrections
 
-    async def _recover(self, out: AlsaOutput) -> None:
+    def _recover(self, out: AlsaOutput) -> None:
         """Underrun: mute, tell the server, restart the device; the caller realigns."""
         self.stats.underruns += 1
         self.stats.state = "underrun"
         log.warning("underrun: muting and realigning")
-        await self._emit("error")
+        self._emit("error")
         out.drop()
         self._volume.set_target(0, immediate=True)
         self._volume.set_target(self._gain_target)
         self._controller.reset()
         self._scheduler.reset()
         self._dac_rate.reset()
-        return None

@@ -179,19 +179,19 @@ class Session:
     async def _on_command(self, cmd: ServerCommand) -> None:
         if cmd.command == "volume" and cmd.volume is not None:
             self._state.volume = cmd.volume
-            delta = PlayerState(volume=cmd.volume)
+            delta, to_writer = PlayerState(volume=cmd.volume), SetVolume(cmd.volume, self._state.muted)
         elif cmd.command == "mute" and cmd.mute is not None:
             self._state.muted = cmd.mute
-            delta = PlayerState(muted=cmd.mute)
+            delta, to_writer = PlayerState(muted=cmd.mute), SetVolume(self._state.volume, cmd.mute)
         elif cmd.command in ("set_output_delay", "set_static_delay") and cmd.output_delay_ms is not None:
             self._state.output_delay_ms = cmd.output_delay_ms
-            await self._to_writer.send(SetOutputDelay(cmd.output_delay_ms * 1000))
             delta = PlayerState(output_delay_ms=cmd.output_delay_ms)
+            to_writer = SetOutputDelay(cmd.output_delay_ms * 1000)
         else:
             log.error("ignoring server command %r without a usable value", cmd.command)
             return
         self._save_state()
-        await self._to_writer.send(SetVolume(self._state.volume, self._state.muted))
+        await self._to_writer.send(to_writer)
         await self._conn.send_text(ClientState(player=delta).to_json())
 
     async def _on_binary(self, frame: bytes) -> None:

@@ -160,3 +160,26 @@ def test_underrun_mutes_recovers_and_realigns(tmp_path):
     assert after.sum() > 48000, "did not play on after the underrun"
     assert np.abs(m.error_us[after]).max() < ON_TIME_US
     assert "underrun" in result.player_output
+
+
+def test_output_delay_plays_earlier_by_exactly_that_much(tmp_path):
+    """Positive output delay = the chain after our DAC adds latency: we play that much earlier."""
+    marks = {}
+
+    async def during(srv):
+        await trio.sleep(2.5)
+        await srv.command({"cmd": "set_output_delay", "ms": 20})
+        marks["set_ns"] = local_now_ns()
+        await trio.sleep(3.0)
+
+    result = run(Scenario("delay", seconds=0), tmp_path, during)
+    m = result.matched
+    before = m.play_ns < marks["set_ns"]
+    after = m.play_ns > marks["set_ns"] + 500_000_000
+    assert np.abs(m.error_us[before]).max() < ON_TIME_US
+    early = m.error_us[after] + 20_000
+    assert after.sum() > 48000 and np.abs(early).max() < ON_TIME_US, summarize(m.error_us[after]).line()
+    echoes = [e for e in result.events if e.get("event") == "output_delay_changed"]
+    assert echoes and echoes[-1].get("output_delay_ms") == 20
+    state = json.loads((tmp_path / "delay.state" / "state.json").read_text())
+    assert state["output_delay_ms"] == 20
