@@ -135,8 +135,8 @@ def _round_div(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
 
 
-def read_paced_log(path: str | os.PathLike[str]) -> PacedLog:
-    """Parse a paced-PCM log.  A truncated last record (live file) is ignored."""
+def read_paced_log_sections(path: str | os.PathLike[str]) -> list[PacedLog]:
+    """Parse a paced-PCM log into one PacedLog per stream format, in order."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < _HDR.size or data[:8] != MAGIC:
@@ -179,6 +179,7 @@ def read_paced_log(path: str | os.PathLike[str]) -> PacedLog:
         cur_chunks = []
 
     epoch_spans_t0: tuple[int, int] | None = None
+    sections: list[PacedLog] = []
     off = _HDR.size
     n = len(data)
     while off < n:
@@ -202,7 +203,9 @@ def read_paced_log(path: str | os.PathLike[str]) -> PacedLog:
                 raise ValueError("corrupt paced log: bytes_per_frame mismatch")
             new = (name, ch, rate, bpf, ppm, ppm_u, lat)
             if fmt_info is not None and new != fmt_info and (spans or cur_chunks):
-                raise ValueError("paced log: stream format changed mid-file; not supported")
+                flush_span()
+                sections.append(_section(fmt_info, spans, xruns, events, False))
+                spans, xruns, events = [], [], []
             fmt_info = new
             F = rate * (10**12 + ppm_u)
         elif rtype == REC_EPOCH:
@@ -241,15 +244,20 @@ def read_paced_log(path: str | os.PathLike[str]) -> PacedLog:
 
     if fmt_info is None:
         raise ValueError(f"{os.fspath(path)!r}: paced log has no FORMAT record (device never configured)")
+    sections.append(_section(fmt_info, spans, xruns, events, truncated))
+    return sections
+
+
+def _section(fmt_info: tuple, spans: list, xruns: list, events: list, truncated: bool) -> PacedLog:
     name, ch, rate, _bpf, ppm, _ppm_u, lat = fmt_info
-    return PacedLog(
-        rate=rate,
-        channels=ch,
-        sample_format=name,
-        ppm=ppm,
-        latency_ns=lat,
-        spans=spans,
-        xruns_ns=xruns,
-        events=events,
-        truncated=truncated,
-    )
+    return PacedLog(rate=rate, channels=ch, sample_format=name, ppm=ppm, latency_ns=lat,
+                    spans=spans, xruns_ns=xruns, events=events, truncated=truncated)
+
+
+def read_paced_log(path: str | os.PathLike[str]) -> PacedLog:
+    """Parse a paced-PCM log written in one format.  A truncated last record is ignored."""
+    sections = read_paced_log_sections(path)
+    if len(sections) > 1:
+        raise ValueError(f"{os.fspath(path)!r}: the stream format changed mid-file; "
+                         "use read_paced_log_sections")
+    return sections[0]

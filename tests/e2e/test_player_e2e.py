@@ -183,3 +183,44 @@ def test_output_delay_plays_earlier_by_exactly_that_much(tmp_path):
     assert echoes and echoes[-1].get("output_delay_ms") == 20
     state = json.loads((tmp_path / "delay.state" / "state.json").read_text())
     assert state["output_delay_ms"] == 20
+
+
+def test_mid_stream_rate_change_reopens_the_device_and_stays_on_time(tmp_path):
+    import subprocess
+    import sys
+
+    from resonate_embedded.bench.harness import find_server_python, start_test_server
+    from resonate_embedded.bench.measure import ChunkTable, match
+    from resonate_embedded.bench.scenario import stop_process
+    from resonate_embedded.paced.log import read_paced_log_sections
+
+    log_path = tmp_path / "rate.plog"
+
+    async def main():
+        async with start_test_server(find_server_python(), port=0) as srv:
+            cmd = [sys.executable, "-m", "resonate_embedded.cli", "run", "--server", srv.url,
+                   "--device", f"paced:LOG={log_path}", "--state-dir", str(tmp_path / "state"),
+                   "--formats", "pcm:48000:16:2,pcm:44100:16:2"]
+            with open(tmp_path / "player.log", "wb") as out:
+                proc = await trio.lowlevel.open_process(cmd, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                await srv.wait_event("client_added", timeout=30)
+                await srv.command({"cmd": "start", "format": {
+                    "sample_rate": 48000, "bit_depth": 16, "channels": 2}})
+                await trio.sleep(3.0)
+                await srv.command({"cmd": "format", "format": {
+                    "codec": "pcm", "sample_rate": 44100, "bit_depth": 16, "channels": 2}})
+                await trio.sleep(4.0)
+            finally:
+                assert await stop_process(proc) == 0
+            return list(srv.events)
+
+    events = trio.run(main)
+    sections = read_paced_log_sections(log_path)
+    assert [s.rate for s in sections] == [48000, 44100]
+    table = ChunkTable.from_events(events)
+    for section in sections:
+        m = match(section, table)
+        assert m.k.size > section.rate, f"{section.rate} Hz: too little audio"
+        assert m.unidentified_frames == 0
+        assert np.abs(m.error_us).max() < ON_TIME_US, (section.rate, summarize(m.error_us).line())
