@@ -93,6 +93,16 @@ def decodable_formats() -> list[tuple[str, int]]:
     return formats
 
 
+def preload(formats) -> None:
+    """Load FFmpeg now if any of ``formats`` needs it.
+
+    Importing it takes a good fraction of a second; done at start-up, never in
+    the middle of a stream where it would starve the audio writer.
+    """
+    if any(f.codec in ("flac", "opus") for f in formats) and importlib.util.find_spec("av"):
+        import resonate_embedded.audio.av_decoders  # noqa: F401
+
+
 def make_decoder(fmt: StreamFormat, codec_header: bytes | None) -> Decoder:
     """A decoder for ``fmt``; raises DecodeError if this build cannot decode it.
 
