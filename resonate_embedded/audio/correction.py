@@ -119,8 +119,10 @@ class DacRateEstimator:
     window_s: float = 30.0
     step_ms: int = 50
     min_span_s: float = 0.5
+    refit_every: int = 20  # points, i.e. once a second
     points: list = attrs.field(factory=list)
     ppm: float | None = None
+    _since_fit: int = 0
 
     def add(self, tstamp_local_ns: int, frames_played: int) -> None:
         if self.points and tstamp_local_ns - self.points[-1][0] < self.step_ms * 1_000_000:
@@ -129,9 +131,12 @@ class DacRateEstimator:
         horizon = tstamp_local_ns - int(self.window_s * 1e9)
         while self.points[0][0] < horizon:
             self.points.pop(0)
+        self._since_fit += 1
         span_s = (tstamp_local_ns - self.points[0][0]) / 1e9
-        if span_s >= self.min_span_s and len(self.points) >= 5:
+        due = self.ppm is None or self._since_fit >= self.refit_every
+        if due and span_s >= self.min_span_s and len(self.points) >= 5:
             self.ppm = self._fit()
+            self._since_fit = 0
 
     def _fit(self) -> float:
         t0, p0 = self.points[0]
@@ -143,3 +148,4 @@ class DacRateEstimator:
     def reset(self) -> None:
         self.points.clear()
         self.ppm = None
+        self._since_fit = 0

@@ -73,3 +73,16 @@ def test_drop_blends_the_removed_frame_into_its_neighbour():
     block = np.array([[0, 0], [10, -10], [20, -20], [30, -30]], dtype=np.int16)
     out = corrected_block(block, 1)
     assert out.tolist() == [[0, 0], [15, -15], [30, -30]]
+
+
+def test_dac_rate_estimator_sees_through_frame_quantisation():
+    from resonate_embedded.audio.correction import DacRateEstimator
+
+    rng = np.random.default_rng(7)
+    est = DacRateEstimator(48000)
+    t_ns = 1_000_000_000
+    for _ in range(600):  # 6 s of reports every ~10 ms, jittery
+        t_ns += int(rng.integers(5_000_000, 15_000_000))
+        played = int((t_ns - 1_000_000_000) * 48000 * (1 + 100e-6) // 1_000_000_000)
+        est.add(t_ns, played)
+    assert est.ppm is not None and abs(est.ppm - 100) < 5

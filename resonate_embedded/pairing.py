@@ -1,0 +1,243 @@
+"""Pairing records and the pairing token.
+
+A pairing record is the long-term PSK this speaker shares with one server
+(keyed by the server's ``server_id``), created by a successful pairing and
+found again by its ``psk_id`` when that server connects.  Records live in
+``pairings.json`` in the state directory (mode 0600, atomic writes).  The store
+holds at least :data:`RECORD_CAPACITY` (≥ 5, the spec's minimum); a pairing at
+capacity evicts the least recently used record that does not back an open
+connection, so a pairing never fails for lack of room.
+
+The pairing token (``SP:`` + version + base32 body) carries this speaker's
+public key and its pairing PSK to the server's operator (spec pairing.md,
+"Pairing Token"); :func:`encode_pairing_token`/:func:`decode_pairing_token`
+implement it, the decoder leniently as the spec asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+import attrs
+
+from resonate_embedded.identity import (
+    KEY_SIZE, PSK_SIZE, b64url_decode, b64url_encode, peer_key, read_secret_file,
+    write_secret_file,
+)
+
+log = logging.getLogger(__name__)
+
+PAIRINGS_FILE = "pairings.json"
+RECORD_CAPACITY = 8
+MAX_URLS_PER_RECORD = 4
+PSK_ID_LABEL = b"sendspin-psk-id-v1"
+TOKEN_PREFIX = "SP:"
+PSK_TOKEN_VERSION = "0"
+CODE_TOKEN_VERSION = "1"
+QR_CODE_SIZE = 24
+
+
+def psk_id_for(psk: bytes) -> str:
+    """``base64url(SHA-256("sendspin-psk-id-v1" || PSK))`` (43 characters)."""
+    if len(psk) != PSK_SIZE:
+        raise ValueError("a PSK is 32 bytes")
+    return b64url_encode(hashlib.sha256(PSK_ID_LABEL + psk).digest())
+
+
+# --------------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class PairingRecord:
+    server_id: str
+    psk: bytes = attrs.field(repr=False)
+    server_name: str = ""
+    created: float = 0.0  # wall clock, for people
+    last_used: float = 0.0  # wall clock; the eviction order
+    urls: tuple[str, ...] = ()  # where this server was reached (downgrade protection)
+
+    @property
+    def psk_id(self) -> str:
+        return psk_id_for(self.psk)
+
+    def to_dict(self) -> dict:
+        return {"server_id": self.server_id, "psk": b64url_encode(self.psk),
+                "server_name": self.server_name, "created": self.created,
+                "last_used": self.last_used, "urls": list(self.urls)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PairingRecord:
+        server_id = d["server_id"]
+        peer_key(server_id)
+        psk = b64url_decode(d["psk"])
+        if len(psk) != PSK_SIZE:
+            raise ValueError("PSK of the wrong size")
+        urls = tuple(u for u in d.get("urls", ()) if isinstance(u, str))
+        return cls(server_id, psk, str(d.get("server_name", "")), float(d.get("created", 0.0)),
+                   float(d.get("last_used", 0.0)), urls)
+
+
+class PairingStore:
+    """The speaker's pairing records, persisted on every change."""
+
+    def __init__(self, state_dir: Path, capacity: int = RECORD_CAPACITY) -> None:
+        if capacity < 5:
+            raise ValueError("the spec requires room for at least 5 pairing records")
+        self.capacity = capacity
+        self._path = state_dir / PAIRINGS_FILE
+        self._records: dict[str, PairingRecord] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(read_secret_file(self._path))
+            records = data["records"] if isinstance(data, dict) else None
+            if not isinstance(records, list):
+                raise ValueError("no record list")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("pairing records %s unreadable (%s): starting with none; servers that "
+                      "paired this speaker will fall back to unpaired sessions", self._path,
+                      type(exc).__name__)
+            return
+        for item in records:
+            try:
+                record = PairingRecord.from_dict(item)
+            except (ValueError, KeyError, TypeError):
+                log.error("dropping a malformed pairing record from %s", self._path)
+                continue
+            self._records[record.server_id] = record
+
+    def _save(self) -> None:
+        data = {"version": 1, "records": [r.to_dict() for r in self._records.values()]}
+        write_secret_file(self._path, json.dumps(data, indent=1))
+
+    # -- queries --------------------------------------------------------------------------
+    def records(self) -> list[PairingRecord]:
+        return sorted(self._records.values(), key=lambda r: r.last_used, reverse=True)
+
+    def by_server_id(self, server_id: str) -> PairingRecord | None:
+        return self._records.get(server_id)
+
+    def by_psk_id(self, psk_id: str) -> PairingRecord | None:
+        for record in self._records.values():
+            if record.psk_id == psk_id:
+                return record
+        return None
+
+    def knows_url(self, url: str) -> bool:
+        """Whether a paired server was reached at ``url`` (then never speak plaintext there)."""
+        return any(url in r.urls for r in self._records.values())
+
+    # -- changes --------------------------------------------------------------------------
+    def put(self, record: PairingRecord, protected: Iterable[str] = ()) -> PairingRecord | None:
+        """Store ``record`` (replacing any for its server); returns an evicted record, if any.
+
+        ``protected`` are the ``server_id``s of records backing open connections, which
+        are never evicted.
+        """
+        evicted = None
+        if record.server_id not in self._records and len(self._records) >= self.capacity:
+            keep = set(protected)
+            candidates = [r for r in self._records.values() if r.server_id not in keep]
+            if not candidates:  # the caller broke the open-connection cap; never fail a pairing
+                candidates = list(self._records.values())
+            evicted = min(candidates, key=lambda r: r.last_used)
+            del self._records[evicted.server_id]
+            log.warning("pairing store full (%d): forgot the least recently used server %s (%s)",
+                        self.capacity, evicted.server_id, evicted.server_name or "unnamed")
+        self._records[record.server_id] = record
+        self._save()
+        return evicted
+
+    def add_pairing(self, server_id: str, psk: bytes, server_name: str = "", url: str | None = None,
+                    protected: Iterable[str] = ()) -> PairingRecord:
+        now = time.time()
+        record = PairingRecord(server_id, psk, server_name, now, now, (url,) if url else ())
+        self.put(record, protected)
+        log.info("paired with server %s (%s)", server_id, server_name or "unnamed")
+        return record
+
+    def mark_used(self, server_id: str, url: str | None = None) -> None:
+        record = self._records.get(server_id)
+        if record is None:
+            return
+        urls = record.urls
+        if url and url not in urls:
+            urls = (url, *urls)[:MAX_URLS_PER_RECORD]
+        self._records[server_id] = attrs.evolve(record, last_used=time.time(), urls=urls)
+        self._save()
+
+    def remove(self, server_id: str) -> bool:
+        if self._records.pop(server_id, None) is None:
+            return False
+        self._save()
+        log.info("forgot the pairing with server %s", server_id)
+        return True
+
+
+# --------------------------------------------------------------------------- token
+
+
+def _encode_token(version: str, payload: bytes) -> str:
+    body = base64.b32encode(payload).decode("ascii").rstrip("=").replace("2", "9")
+    return f"{TOKEN_PREFIX}{version}{body}"
+
+
+def _decode_token(text: str, expect_version: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("a pairing token is a string")
+    text = text.strip()
+    if not text.isascii():
+        raise ValueError("malformed pairing token")
+    text = text.upper()
+    if text.startswith(TOKEN_PREFIX):
+        text = text[len(TOKEN_PREFIX):]
+    if not text:
+        raise ValueError("malformed pairing token")
+    version, body = text[0], text[1:]
+    if version != expect_version:
+        raise ValueError(f"pairing token version {version!r} is not {expect_version!r}")
+    body = body.replace("9", "2")
+    if any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for c in body):
+        raise ValueError("malformed pairing token")
+    try:
+        return base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError:
+        raise ValueError("malformed pairing token") from None
+
+
+def encode_pairing_token(client_key: bytes, pairing_psk: bytes) -> str:
+    """Version-0 token: ``client_key (32) || pairing_psk (32)``."""
+    if len(client_key) != KEY_SIZE or len(pairing_psk) != PSK_SIZE:
+        raise ValueError("a pairing token carries a 32-byte key and a 32-byte PSK")
+    return _encode_token(PSK_TOKEN_VERSION, client_key + pairing_psk)
+
+
+def decode_pairing_token(text: str) -> tuple[bytes, bytes]:
+    """(client_key, pairing_psk) from a version-0 token; extra payload bytes are ignored."""
+    payload = _decode_token(text, PSK_TOKEN_VERSION)
+    if len(payload) < KEY_SIZE + PSK_SIZE:
+        raise ValueError("pairing token payload too short")
+    return payload[:KEY_SIZE], payload[KEY_SIZE:KEY_SIZE + PSK_SIZE]
+
+
+def encode_code_token(code: bytes) -> str:
+    """Version-1 token: a 24-byte dynamic pairing code (``qr_code`` format)."""
+    if len(code) != QR_CODE_SIZE:
+        raise ValueError("a QR pairing code is 24 bytes")
+    return _encode_token(CODE_TOKEN_VERSION, code)
+
+
+def decode_code_token(text: str) -> bytes:
+    payload = _decode_token(text, CODE_TOKEN_VERSION)
+    if len(payload) < QR_CODE_SIZE:
+        raise ValueError("pairing token payload too short")
+    return payload[:QR_CODE_SIZE]
