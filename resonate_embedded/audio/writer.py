@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HARD_RESYNC_US = 5_000
 VOLUME_RAMP_US = 10_000
 OPEN_RETRY_S = 1.0
+HEARTBEAT_S = 1.0
 
 
 class MappingSource(Protocol):
@@ -64,6 +65,7 @@ class WriterStats:
     buffered_ms: int = 0
     dac_ppm: float | None = None
     first_audio_local_us: int | None = None
+    heartbeat_local_us: int = 0  # last time the task made progress (for the watchdog)
 
 
 @attrs.frozen
@@ -130,7 +132,9 @@ class Writer:
             self.stats.state = "idle"
             try:
                 while self._queue.head is None or not self._queue.head.chunks:
-                    self._apply(await self._commands.receive())
+                    self.stats.heartbeat_local_us = local_now_ns() // 1000
+                    with trio.move_on_after(HEARTBEAT_S):
+                        self._apply(await self._commands.receive())
             except trio.EndOfChannel:
                 return
             self._interrupted = False
@@ -172,6 +176,7 @@ class Writer:
     async def _step(self, out: AlsaOutput, seg: Segment, position: int | None,
                     last_measure_ns: int | None) -> tuple[int | None, int | None, bool]:
         """One wake-up: measure, correct, write.  Returns (position, last_measure_ns, done)."""
+        self.stats.heartbeat_local_us = local_now_ns() // 1000
         silence = np.zeros((out.period_size, seg.shape.channels), dtype=seg.shape.dtype)
         if not out.running():
             out.write(silence)
