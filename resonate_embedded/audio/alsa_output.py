@@ -50,7 +50,7 @@ _PREFERENCE = {16: ("S16_LE", "S32_LE"), 24: ("S32_LE",)}
 @attrs.frozen
 class OutputConfig:
     device: str
-    period_us: int = 10_000
+    period_us: int = 20_000
     periods: int = 8
 
 
