@@ -9,6 +9,11 @@ Guarantees:
 - gaps between chunks read back as digital silence;
 - an overlap keeps the earlier-queued audio and trims the later chunk's start
   (a chunk wholly overlapped is dropped);
+- a chunk that starts within ``SNAP_FRAMES`` of where the previous one ended is
+  laid down contiguously: timestamp rounding (the 44.1 kHz truncation of older
+  servers runs 26.5 ppm slow) never cuts or pads audio.  Each chunk keeps its
+  own timestamp, and :meth:`Segment.server_us_at` answers from it, so the writer
+  sees such a discrepancy as drift and corrects it smoothly;
 - frames before the read position are never returned (late audio is skipped);
 - a chunk in a new PCM shape starts a new segment, played after the current one;
 - ``pending_payload_bytes`` counts the wire payload of every chunk not yet
@@ -36,9 +41,13 @@ def us_after(anchor_us: int, frames: int, rate: int) -> int:
     return anchor_us + (frames * 1_000_000) // rate
 
 
+SNAP_FRAMES = 2
+
+
 @attrs.define
 class _Chunk:
     start: int  # frame index on the segment timeline
+    server_ts_us: int  # the server's time for frame ``start``
     pcm: np.ndarray  # (frames, channels)
     payload_bytes: int
 
@@ -56,11 +65,28 @@ class Segment:
     def end_frame(self) -> int:
         return self.chunks[-1].end if self.chunks else 0
 
+    # the last chunk read away: the reference for positions before the queued ones
+    ref_start: int = 0
+    ref_ts_us: int | None = None
+
+    def _reference(self, frame: int) -> tuple[int, int]:
+        """(start frame, server µs) of the chunk that times ``frame``."""
+        ref = (self.ref_start, self.ref_ts_us) if self.ref_ts_us is not None else None
+        for chunk in self.chunks:
+            if chunk.start > frame and ref is not None:
+                break
+            ref = (chunk.start, chunk.server_ts_us)
+        return ref if ref is not None else (0, self.anchor_us)
+
     def position_of(self, server_us: int) -> int:
-        return frames_between(self.anchor_us, server_us, self.shape.sample_rate)
+        """The frame the server wants played at ``server_us``."""
+        start, ts = self._reference(self.chunks[0].start if self.chunks else 0)
+        return start + frames_between(ts, server_us, self.shape.sample_rate)
 
     def server_us_at(self, frame: int) -> int:
-        return us_after(self.anchor_us, frame, self.shape.sample_rate)
+        """The server time of ``frame``, from the timestamp of the chunk it belongs to."""
+        start, ts = self._reference(frame)
+        return us_after(ts, frame - start, self.shape.sample_rate)
 
 
 @attrs.frozen
@@ -82,15 +108,22 @@ class TimestampedQueue:
         if tail is None or tail.shape != shape:
             tail = Segment(shape, server_ts_us)
             self._segments.append(tail)
-        start = tail.position_of(server_ts_us)
-        overlap = tail.end_frame() - start if tail.chunks else 0
-        if overlap >= pcm.shape[0]:
-            return
-        if overlap > 0:
-            pcm, start = pcm[overlap:], start + overlap
+        rate = shape.sample_rate
+        start = frames_between(tail.anchor_us, server_ts_us, rate)
+        if tail.chunks:
+            last = tail.chunks[-1]
+            start = last.start + frames_between(last.server_ts_us, server_ts_us, rate)
+            overlap = last.end - start
+            if abs(overlap) <= SNAP_FRAMES:
+                start = last.end
+            elif overlap >= pcm.shape[0]:
+                return
+            elif overlap > 0:
+                pcm, start = pcm[overlap:], last.end
+                server_ts_us = us_after(server_ts_us, overlap, rate)
         if pcm.shape[0] == 0:
             return
-        tail.chunks.append(_Chunk(start, pcm, payload_bytes))
+        tail.chunks.append(_Chunk(start, server_ts_us, pcm, payload_bytes))
         self._pending_bytes += payload_bytes
 
     def clear(self) -> None:
@@ -143,4 +176,6 @@ class TimestampedQueue:
 
     def _discard_before(self, seg: Segment, position: int) -> None:
         while seg.chunks and seg.chunks[0].end <= position:
-            self._pending_bytes -= seg.chunks.popleft().payload_bytes
+            chunk = seg.chunks.popleft()
+            seg.ref_start, seg.ref_ts_us = chunk.start, chunk.server_ts_us
+            self._pending_bytes -= chunk.payload_bytes

@@ -88,18 +88,30 @@ def test_clear_forgets_everything():
     assert q.head is None and q.pending_payload_bytes == 0
 
 
-def test_truncated_44k1_timestamps_lose_at_most_a_frame_per_overlap():
-    """R/S1 stamp 44.1 kHz chunks 26.5 ppm slow; the queue trims, it never drifts."""
+def test_truncated_44k1_timestamps_neither_cut_nor_pad_and_keep_server_time():
+    """R/S1 stamp 44.1 kHz chunks 26.5 ppm slow: audio stays contiguous, time follows the stamps."""
     q = TimestampedQueue()
     shape = PcmShape(44100, 2, 16)
-    ts, total = 5_000_000, 0
+    ts, stamps = 5_000_000, []
     for i in range(400):
-        q.push(ts, ramp(0, 1102), shape, 1)
+        q.push(ts, ramp(i, 1102), shape, 1)
+        stamps.append(ts)
         ts += int(1102 * 1_000_000 / 44100)  # truncated, as the old servers do
-        total += 1102
-    end = q.head.end_frame()
-    assert total - 30 < end <= total
-    assert end == frames_between(5_000_000, ts, 44100)
+    head = q.head
+    assert head.end_frame() == 400 * 1102
+    # the server time of the first frame of chunk 399 is its own timestamp
+    assert head.server_us_at(399 * 1102) == stamps[399]
+    assert q.read(0, 400 * 1102).audio_frames == 400 * 1102
+
+
+def test_server_time_survives_reading_past_chunks():
+    q = TimestampedQueue()
+    q.push(1_000_000, ramp(0, 480), S48, 1)
+    q.push(1_010_000, ramp(0, 480), S48, 1)
+    q.read(0, 600)  # the first chunk is gone
+    assert q.head.server_us_at(470) == 1_000_000 + 470 * 1_000_000 // 48000
+    assert q.head.server_us_at(480) == 1_010_000
+    assert q.head.position_of(1_010_000) == 480
 
 
 @settings(max_examples=200, deadline=None)
