@@ -1,4 +1,4 @@
-"""Command line: ``resonate-embedded run|devices|demo``."""
+"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from pathlib import Path
 
 import trio
 
-from resonate_embedded.config import Config, ConfigError, build_config, load_toml, parse_formats
+from resonate_embedded.config import (
+    ENCRYPTION_MODES, Config, ConfigError, build_config, load_toml, parse_formats, parse_on_off,
+)
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (flags override it)")
-    p.add_argument("--server", help="server URL, e.g. ws://host:8927/sendspin")
+    p.add_argument("--server", help="server URL, e.g. ws://host:8927/sendspin (or /resonate); "
+                                    "without it the player waits for servers to dial it")
     p.add_argument("--device", "-d", help="ALSA PCM name (see 'devices')")
     p.add_argument("--name", "-n", help="speaker name shown by the server")
     p.add_argument("--client-id", help="stable client id (default: generated once, kept in the state dir)")
@@ -24,11 +27,30 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="latency after ALSA that ALSA cannot see (codec FIFO, filters), µs")
     p.add_argument("--output-delay-ms", type=int,
                    help="latency after the DAC (amplifier, AVR): positive plays earlier")
-    p.add_argument("--period-us", type=int, help="ALSA period in µs (default 10000)")
+    p.add_argument("--period-us", type=int, help="ALSA period in µs (default 20000)")
     p.add_argument("--periods", type=int, help="ALSA periods per buffer (default 8)")
     p.add_argument("--formats", type=parse_formats,
                    help="formats to offer, in order: codec:rate:bits:channels,...")
     p.add_argument("--stats", action="store_true", default=None, help="print a live status line")
+    p.add_argument("--encryption", choices=ENCRYPTION_MODES,
+                   help="auto (default): encrypted first, plaintext only with servers that "
+                        "cannot encrypt; required: never plaintext; off: plaintext only")
+    p.add_argument("--unpaired-access", type=parse_on_off, metavar="on|off",
+                   help="let servers that have not paired this speaker play on it (default on)")
+    p.add_argument("--spoken-pairing-code", type=parse_on_off, metavar="on|off",
+                   help="offer pairing by a code this speaker says aloud (default on)")
+    p.add_argument("--listen-port", type=int,
+                   help="without --server/--discover: the port servers dial (default 8928)")
+    p.add_argument("--discover", action="store_true", default=None,
+                   help="find a server by mDNS and dial it (instead of being dialled)")
+    p.add_argument("--advertise-resonate", action="store_true", default=None,
+                   help="when being dialled: also advertise to Resonate (aioresonate) servers")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _state_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (for its state_dir)")
+    p.add_argument("--state-dir", type=Path, help="the player's state directory")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -36,7 +58,8 @@ def make_config(args: argparse.Namespace, **overrides) -> Config:
     file_values = load_toml(args.config) if args.config else {}
     flags = {k: getattr(args, k, None) for k in (
         "server", "device", "name", "client_id", "volume", "state_dir", "dac_latency_us",
-        "output_delay_ms", "period_us", "periods", "formats", "stats")}
+        "output_delay_ms", "period_us", "periods", "formats", "stats", "encryption",
+        "unpaired_access", "spoken_pairing_code", "listen_port", "discover", "advertise_resonate")}
     flags.update(overrides)
     return build_config(file_values, flags)
 
@@ -45,8 +68,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from resonate_embedded.player import Player
 
     config = make_config(args)
-    if not config.server:
-        raise ConfigError("no server: give --server ws://HOST:PORT/sendspin (or 'server' in the config)")
     trio.run(Player(config).run)
     return 0
 
@@ -57,6 +78,75 @@ def _cmd_devices(_args: argparse.Namespace) -> int:
     for dev in list_devices():
         mark = "ok  " if dev.opens else "busy" if dev.error and "busy" in dev.error.lower() else "--  "
         print(f"{mark} {dev.name}" + (f"    ({dev.error})" if dev.error else ""))
+    return 0
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    file_values = load_toml(args.config) if args.config else {}
+    return build_config(file_values, {"state_dir": args.state_dir}).state_dir
+
+
+def _cmd_pair_token(args: argparse.Namespace) -> int:
+    from resonate_embedded.identity import load_or_create
+    from resonate_embedded.pairing import encode_pairing_token
+
+    identity = load_or_create(_state_dir(args))
+    token = encode_pairing_token(identity.public_key, identity.pairing_psk)
+    if not args.no_qr and (args.qr or sys.stdout.isatty()):
+        try:
+            import segno
+        except ImportError:
+            print("(no QR code: the 'segno' package is not installed)", file=sys.stderr)
+        else:
+            # The QR code carries the token string verbatim (spec: no URI, no wrapper).
+            segno.make(token, error="m").terminal(out=sys.stdout, compact=True)
+    print(token)
+    print(f"client_id {identity.client_id}", file=sys.stderr)
+    print("Enter this token in the server's 'pair speaker' dialog. It lets a server pair "
+          "this speaker: keep it as private as the speaker itself.", file=sys.stderr)
+    return 0
+
+
+def _cmd_pairings(args: argparse.Namespace) -> int:
+    import time
+
+    from resonate_embedded.pairing import PairingStore
+
+    store = PairingStore(_state_dir(args))
+    if args.action == "reset-code-limit":
+        # The operator action that lifts the hold-back after too many wrong pairing codes.
+        store.reset_code_rounds()
+        print("pairing codes allowed again")
+        return 0
+    if args.action == "forget":
+        if args.all:
+            gone = [r.server_id for r in store.records()]
+        elif args.server_id:
+            gone = [sid for sid in (r.server_id for r in store.records())
+                    if sid == args.server_id or (len(args.server_id) >= 6 and sid.startswith(args.server_id))]
+            if not gone:
+                print(f"no pairing with a server {args.server_id!r}", file=sys.stderr)
+                return 1
+            if len(gone) > 1:
+                print(f"{args.server_id!r} is ambiguous: give more of the server_id", file=sys.stderr)
+                return 1
+        else:
+            print("say which: pairings forget SERVER_ID (or --all)", file=sys.stderr)
+            return 2
+        for sid in gone:
+            store.remove(sid)
+            print(f"forgot {sid}")
+        return 0
+    records = store.records()
+    if not records:
+        print("no pairings")
+        return 0
+    for r in records:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_used)) if r.last_used else "-"
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)) if r.created else "-"
+        print(f"{r.server_id}  {r.server_name or '(unnamed)'}  paired {made}  last used {used}"
+              + (f"  at {', '.join(r.urls)}" if r.urls else ""))
+    print(f"{len(records)} of {store.capacity} pairing slots used", file=sys.stderr)
     return 0
 
 
@@ -78,6 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     _run_flags(demo)
     demo.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
     demo.set_defaults(func=_cmd_demo)
+    pair = sub.add_parser("pair-token", help="print this speaker's pairing token (and a QR code)")
+    _state_flags(pair)
+    pair.add_argument("--no-qr", action="store_true", help="print the token only")
+    pair.add_argument("--qr", action="store_true", help="print the QR code even when not on a terminal")
+    pair.set_defaults(func=_cmd_pair_token)
+    pairings = sub.add_parser("pairings", help="list the servers this speaker is paired with, "
+                                               "or forget one")
+    _state_flags(pairings)
+    pairings.add_argument("action", nargs="?", choices=("list", "forget", "reset-code-limit"),
+                          default="list")
+    pairings.add_argument("server_id", nargs="?", help="server to forget (a unique prefix will do)")
+    pairings.add_argument("--all", action="store_true", help="forget every pairing")
+    pairings.set_defaults(func=_cmd_pairings)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

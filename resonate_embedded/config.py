@@ -19,6 +19,19 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used."""
 
 
+ENCRYPTION_MODES = ("auto", "required", "off")
+
+
+def parse_on_off(text: str) -> bool:
+    """``on``/``off`` (also true/false, yes/no, 1/0) for flags like ``--unpaired-access``."""
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{text!r}: expected on or off")
+
+
 DEFAULT_FORMATS = (
     StreamFormat("pcm", 48000, 2, 16),
     StreamFormat("flac", 48000, 2, 16),
@@ -84,17 +97,39 @@ class Config:
     volume: int | None = attrs.field(default=None, validator=attrs.validators.optional(_in_range(0, 100)))
     dac_latency_us: int = attrs.field(default=0, validator=_in_range(0, 1_000_000))
     output_delay_ms: int | None = attrs.field(default=None, validator=attrs.validators.optional(_in_range(0, 5000)))
-    period_us: int = attrs.field(default=10_000, validator=_in_range(1_000, 100_000))
+    period_us: int = attrs.field(default=20_000, validator=_in_range(1_000, 100_000))
     periods: int = attrs.field(default=8, validator=_in_range(2, 64))
     buffer_seconds: int = attrs.field(default=8, validator=_in_range(1, 60))
     formats: tuple[StreamFormat, ...] = attrs.field(default=DEFAULT_FORMATS, validator=_check_formats)
     stats: bool = False
+    # Encrypted Sendspin (Noise): "auto" = encrypted first, plaintext only with a server that
+    # does not speak Noise and holds no pairing with us; "required" = never plaintext;
+    # "off" = plaintext only (servers before aiosendspin 7).
+    encryption: str = "auto"
+    # Let servers that have not paired this speaker play on it (unpaired, Sentinel-keyed
+    # sessions; the server's operator still has to approve the speaker).
+    unpaired_access: bool = True
+    # Offer the Dynamic Pairing Code flow, the code spoken through this speaker.
+    spoken_pairing_code: bool = True
+    # Server-initiated mode (the default without server/discover): the port servers dial.
+    listen_port: int = attrs.field(default=8928, validator=_in_range(0, 65535))
+    # Client-initiated mode without a server URL: find one by mDNS.
+    discover: bool = False
+    # Server-initiated mode: also advertise _resonate._tcp for aioresonate servers.
+    advertise_resonate: bool = False
 
     def __attrs_post_init__(self) -> None:
         _non_empty(self, attrs.fields(Config).name, self.name)
         _non_empty(self, attrs.fields(Config).device, self.device)
         if self.server is not None and not self.server.startswith(("ws://", "wss://")):
             raise ConfigError(f"server={self.server!r}: must be a ws:// or wss:// URL")
+        if self.encryption not in ENCRYPTION_MODES:
+            raise ConfigError(f"encryption={self.encryption!r}: must be one of {', '.join(ENCRYPTION_MODES)}")
+        if self.server is not None and self.discover:
+            raise ConfigError("discover=true and server: give one or the other")
+        for key in ("unpaired_access", "spoken_pairing_code", "discover", "advertise_resonate"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}={getattr(self, key)!r}: must be true or false")
 
 
 _KEYS = {f.name for f in attrs.fields(Config)}

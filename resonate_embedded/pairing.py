@@ -41,6 +41,7 @@ TOKEN_PREFIX = "SP:"
 PSK_TOKEN_VERSION = "0"
 CODE_TOKEN_VERSION = "1"
 QR_CODE_SIZE = 24
+ROUND_LIMIT = 20  # spec: pairing-code rounds since the last verified server_kc, then hold back
 
 
 def psk_id_for(psk: bytes) -> str:
@@ -92,6 +93,7 @@ class PairingStore:
         self.capacity = capacity
         self._path = state_dir / PAIRINGS_FILE
         self._records: dict[str, PairingRecord] = {}
+        self.code_rounds = 0  # dynamic-pairing-code rounds since the last verified server_kc
         self._load()
 
     def _load(self) -> None:
@@ -107,6 +109,8 @@ class PairingStore:
                       "paired this speaker will fall back to unpaired sessions", self._path,
                       type(exc).__name__)
             return
+        rounds = data.get("code_rounds", 0)
+        self.code_rounds = rounds if isinstance(rounds, int) and rounds >= 0 else ROUND_LIMIT
         for item in records:
             try:
                 record = PairingRecord.from_dict(item)
@@ -116,7 +120,8 @@ class PairingStore:
             self._records[record.server_id] = record
 
     def _save(self) -> None:
-        data = {"version": 1, "records": [r.to_dict() for r in self._records.values()]}
+        data = {"version": 1, "records": [r.to_dict() for r in self._records.values()],
+                "code_rounds": self.code_rounds}
         write_secret_file(self._path, json.dumps(data, indent=1))
 
     # -- queries --------------------------------------------------------------------------
@@ -174,6 +179,21 @@ class PairingStore:
             urls = (url, *urls)[:MAX_URLS_PER_RECORD]
         self._records[server_id] = attrs.evolve(record, last_used=time.time(), urls=urls)
         self._save()
+
+    def record_code_round(self) -> int:
+        """Count a pairing-code round (persisted: a reconnect must not reset the limit)."""
+        self.code_rounds += 1
+        self._save()
+        return self.code_rounds
+
+    def reset_code_rounds(self) -> None:
+        if self.code_rounds:
+            self.code_rounds = 0
+            self._save()
+
+    @property
+    def code_round_limit_reached(self) -> bool:
+        return self.code_rounds >= ROUND_LIMIT
 
     def remove(self, server_id: str) -> bool:
         if self._records.pop(server_id, None) is None:
@@ -241,3 +261,137 @@ def decode_code_token(text: str) -> bytes:
     if len(payload) < QR_CODE_SIZE:
         raise ValueError("pairing token payload too short")
     return payload[:QR_CODE_SIZE]
+
+
+# --------------------------------------------------------------------------- dynamic pairing code
+
+PAIR_COMMIT_LABEL = b"sendspin-pair-commit-v1"
+CODE_DERIVE_LABEL = b"sendspin-pairing-code-derive-v1"
+PAKE_SID_LABEL = b"sendspin-pair-pake-v1"
+PSK_WRAP_LABEL = b"sendspin-pair-psk-wrap-v1"
+NONCE_WRAP_LABEL = b"sendspin-pair-nonce-wrap-v1"
+PAKE_AD_SERVER = b"server"
+PAKE_AD_CLIENT = b"client"
+
+
+class PairingProtocolError(ValueError):
+    """A pairing message no conformant server sends: close the connection silently."""
+
+
+def derive_digits(handshake_hash: bytes, nonce_a: bytes, nonce_b: bytes) -> str:
+    """The 6-digit dynamic pairing code (spec pairing.md, "Pairing code derivation")."""
+    digest = hashlib.sha256(CODE_DERIVE_LABEL + handshake_hash + nonce_a + nonce_b).digest()
+    return f"{int.from_bytes(digest, 'big') % 1_000_000:06d}"
+
+
+def pake_sid(handshake_hash: bytes, pairing_index: int, round_number: int) -> bytes:
+    return (PAKE_SID_LABEL + handshake_hash + pairing_index.to_bytes(4, "big")
+            + round_number.to_bytes(4, "big"))
+
+
+def _aead(suite: str, key: bytes):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    return AESGCM(key) if "AESGCM" in suite else ChaCha20Poly1305(key)
+
+
+def _field_bytes(payload: dict, key: str, size: int) -> bytes:
+    try:
+        value = b64url_decode(payload[key])
+    except (KeyError, ValueError, TypeError):
+        raise PairingProtocolError(f"missing or malformed {key}") from None
+    if len(value) != size:
+        raise PairingProtocolError(f"{key} is {len(value)} bytes, not {size}")
+    return value
+
+
+class DynamicCodeAttempt:
+    """The speaker's side of one Dynamic Pairing Code attempt (``digits`` format).
+
+    Driven by the session: ``pair_init`` → (per round) ``on_pair_init`` (returns the
+    code to emit) → ``on_pair_auth`` → ``on_pair_confirm`` → ``confirm_and_finalize``.
+    Holds ``nonce_B`` and the new long-term PSK; neither is ever logged.
+    """
+
+    def __init__(self, handshake_hash: bytes, pairing_index: int, suite: str) -> None:
+        import secrets
+
+        self._h = handshake_hash
+        self.pairing_index = pairing_index
+        self._suite = suite
+        self._nonce_b = secrets.token_bytes(32)
+        self.round = 0
+        self.code: str | None = None
+        self._cpace = None
+        self._sid = b""
+        self._round_expected = True
+        self.psk: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"DynamicCodeAttempt(pairing_index={self.pairing_index}, round={self.round})"
+
+    def pair_init(self) -> dict:
+        commit = hashlib.sha256(PAIR_COMMIT_LABEL + self._nonce_b).digest()
+        return {"pairing_index": self.pairing_index, "commit_B": b64url_encode(commit)}
+
+    def on_pair_init(self, payload: dict) -> str:
+        """A new round; returns the code to emit (the same in every round)."""
+        from cpace import CPace, CPaceError, CPaceRole
+
+        if self.round == 0:
+            nonce_a = _field_bytes(payload, "nonce_A", 32)
+            self.code = derive_digits(self._h, nonce_a, self._nonce_b)
+        elif payload.get("nonce_A") is not None:
+            raise PairingProtocolError("server/pair-init carries nonce_A after the first round")
+        if not self._round_expected:
+            raise PairingProtocolError("server/pair-init without a client/pair-init or client/pair-retry")
+        self._round_expected = False
+        self.round += 1
+        self._sid = pake_sid(self._h, self.pairing_index, self.round)
+        try:
+            self._cpace = CPace.start(role=CPaceRole.RESPONDER, prs=self.code.encode("ascii"),
+                                      sid=self._sid, ad=PAKE_AD_CLIENT)
+        except CPaceError:
+            raise PairingProtocolError("CPace could not start") from None
+        return self.code
+
+    def on_pair_auth(self, payload: dict) -> dict:
+        from cpace import CPaceError
+
+        if self._cpace is None:
+            raise PairingProtocolError("server/pair-auth before server/pair-init")
+        share = _field_bytes(payload, "pake_msg_1", 32)
+        try:
+            self._cpace.derive(share, PAKE_AD_SERVER)
+        except CPaceError:
+            raise PairingProtocolError("invalid CPace share") from None
+        return {"pake_msg_2": b64url_encode(self._cpace.public_share)}
+
+    def on_pair_confirm(self, payload: dict) -> bool:
+        if self._cpace is None:
+            raise PairingProtocolError("server/pair-confirm before server/pair-auth")
+        tag = _field_bytes(payload, "server_kc", 64)
+        try:
+            ok = bool(self._cpace.verify(tag))
+        except Exception:  # noqa: BLE001 - CPaceError: not derived yet
+            raise PairingProtocolError("server/pair-confirm before server/pair-auth") from None
+        self._cpace_done = True
+        return ok
+
+    def retry(self) -> None:
+        """The client asks for another round (client/pair-retry)."""
+        self._round_expected = True
+
+    def confirm_and_finalize(self) -> tuple[dict, dict]:
+        """client/pair-confirm and client/pair-finalize payloads (the PSK sealed under CPace)."""
+        import secrets
+
+        isk = self._cpace.isk
+        nonce_key = hashlib.sha256(NONCE_WRAP_LABEL + self._sid + isk).digest()
+        psk_key = hashlib.sha256(PSK_WRAP_LABEL + self._sid + isk).digest()
+        self.psk = secrets.token_bytes(32)
+        zero = bytes(12)
+        confirm = {"client_kc": b64url_encode(self._cpace.tag()),
+                   "wrapped_nonce_B": b64url_encode(_aead(self._suite, nonce_key).encrypt(zero, self._nonce_b, None))}
+        finalize = {"wrapped_psk": b64url_encode(_aead(self._suite, psk_key).encrypt(zero, self.psk, None))}
+        return confirm, finalize

@@ -1,8 +1,9 @@
 """The player: one trio nursery supervising the writer and the server connection.
 
 Tasks: the ALSA writer (lives as long as the player), the connection loop
-(connect, run a session, reconnect with backoff forever), and optionally a
-status line.  SIGINT/SIGTERM end the player cleanly: ``client/goodbye`` is sent
+(connect, run a session, reconnect with backoff forever) when a server URL is
+given or ``--discover``, otherwise the listener (servers dial us; mDNS advertised;
+one server admitted at a time), and optionally a status line.  SIGINT/SIGTERM end the player cleanly: ``client/goodbye`` is sent
 to the server and the device is closed.
 """
 
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 
+import attrs
 import trio
 from trio_websocket import HandshakeError
 
@@ -22,10 +24,21 @@ from resonate_embedded.audio.decoders import decodable_formats, preload
 from resonate_embedded.audio.writer import Writer
 from resonate_embedded.clock.sync import ClockSync
 from resonate_embedded.config import Config
+from resonate_embedded.identity import load_or_create as load_identity
+from resonate_embedded.pairing import PairingStore
 from resonate_embedded.protocol.connection import ConnectionClosed, connect
 from resonate_embedded.protocol.messages import ClientHello, DeviceInfo
-from resonate_embedded.protocol.session import Session, SessionRefused
-from resonate_embedded.state_store import StateStore
+from resonate_embedded.protocol.noise_transport import (
+    FIRST_REPLY_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, HandshakeFailed, InitRejected, NotNoiseServer,
+    client_handshake, make_resolver,
+)
+from resonate_embedded.protocol.arbitration import Admission, Candidate
+from resonate_embedded.protocol.listener import IncomingConnection, open_listener
+from resonate_embedded.protocol.resonate_dialect import (
+    NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
+)
+from resonate_embedded.protocol.session import Security, Session, SessionRefused
+from resonate_embedded.state_store import StateStore, adopt_client_id
 from resonate_embedded.status import format_status
 
 log = logging.getLogger(__name__)
@@ -33,6 +46,31 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_SESSION_S = 10.0
+DISCOVER_TIMEOUT_S = 10.0
+
+
+@attrs.define(eq=False)
+class _Dialled:
+    """A server that dialled us, its handshake done (arbitration's Provisional)."""
+
+    player: Player
+    session: Session
+    candidate: Candidate
+
+    async def serve(self) -> None:
+        self.player.session = self.session
+        try:
+            await self.session.serve()
+        finally:
+            if self.player.session is self.session:
+                self.player.session = None
+            self.player.clock.reset()
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await self.player._to_writer.send(EndStream())
+
+    async def goodbye(self, reason: str) -> None:
+        await self.session.goodbye(reason)
 
 
 class Player:
@@ -40,8 +78,10 @@ class Player:
         self.config = config
         self._store = StateStore(config.state_dir)
         self.state = self._store.load()
-        if config.client_id:
-            self.state.client_id = config.client_id
+        self.identity = load_identity(config.state_dir)
+        adopt_client_id(self.state, self.identity.client_id, announce=self._store.existed)
+        self.pairings = PairingStore(config.state_dir)
+        self._resolver = make_resolver(self.identity, self.pairings)
         if config.volume is not None:
             self.state.volume = config.volume
         if config.output_delay_ms is not None:
@@ -56,6 +96,7 @@ class Player:
             self.state.output_delay_ms * 1000)
         self.session: Session | None = None
         self._scope = trio.CancelScope()
+        self._learned: dict[str, str] = {}  # url → the dialect that answered last time
 
     def hello(self) -> ClientHello:
         usable = set(decodable_formats())
@@ -64,8 +105,10 @@ class Player:
             raise SystemExit("none of the configured formats can be decoded by this build")
         preload(formats)
         byte_rate = max(f.sample_rate * f.channels * f.bit_depth // 8 for f in formats)
+        # An encrypted session's client_id is the public key (client/init); --client-id
+        # only renames the speaker towards plaintext-only servers.
         return ClientHello(
-            client_id=self.state.client_id, name=self.config.name,
+            client_id=self.config.client_id or self.state.client_id, name=self.config.name,
             device_info=DeviceInfo("resonate_embedded", "resonate_embedded", __version__),
             formats=formats, buffer_capacity=byte_rate * self.config.buffer_seconds)
 
@@ -74,7 +117,10 @@ class Player:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             nursery.start_soon(self.writer.run)
-            nursery.start_soon(self._connection_loop)
+            if self.config.server or self.config.discover:
+                nursery.start_soon(self._connection_loop)  # client-initiated: we dial
+            else:
+                nursery.start_soon(self._listen)  # server-initiated: servers dial us
             nursery.start_soon(self._stop_on_signal)
             if self.config.stats:
                 nursery.start_soon(self._print_status)
@@ -109,18 +155,122 @@ class Player:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _one_session(self) -> None:
-        url = self.config.server
+        """One connection: the encrypted handshake first (spec), plaintext only with a server
+        that does not speak Noise, and never with one that holds a pairing with us."""
+        url = self.config.server or await self._discover()
+        if url is None:
+            return
+        plaintext = self.config.encryption == "off"
+        # Resonate servers (aioresonate) cannot encrypt: a /resonate URL, or one that answered
+        # in Resonate last time, skips the encrypted attempt (the policy still applies).
+        resonate = (dialect_for(url) or self._learned.get(url)) == "resonate"
         try:
-            async with connect(url) as conn:
-                self.session = Session(conn, self.hello(), self.state, lambda: self._store.save(self.state),
-                                       self.clock, self._to_writer, self._writer_events)
-                await self.session.run()
-        except* SessionRefused as group:
+            if resonate and not plaintext:
+                if self.config.encryption == "required" or self.pairings.knows_url(url):
+                    raise SessionRefused("a Resonate server cannot encrypt; no plaintext: "
+                                         + ("encryption is required"
+                                            if self.config.encryption == "required"
+                                            else "a paired server was reached at this address"))
+                plaintext = True
+            if not plaintext:
+                # A server we must not downgrade gets the full handshake timeout to answer;
+                # otherwise silence for a few seconds means "does not speak Noise".
+                no_fallback = self.config.encryption == "required" or self.pairings.knows_url(url)
+                async with connect(url) as raw:
+                    try:
+                        conn = await client_handshake(
+                            raw, self.identity, self._resolver,
+                            first_reply_timeout_s=HANDSHAKE_TIMEOUT_S if no_fallback else FIRST_REPLY_TIMEOUT_S)
+                    except NotNoiseServer as exc:
+                        if no_fallback:
+                            why = ("a paired server was reached at this address"
+                                   if self.pairings.knows_url(url) else "encryption is required")
+                            raise SessionRefused(f"{exc}; no plaintext fallback: {why}") from None
+                        log.warning("%s: server does not speak encrypted Sendspin (%s): "
+                                    "using plaintext", url, exc)
+                        plaintext = True
+                    else:
+                        if conn.psk_category == "lt":
+                            self.pairings.mark_used(conn.server_id, url)
+                        await self._run_session(conn, url)
+            if plaintext:
+                await self._plaintext_session(url)
+        except* (SessionRefused, NoServerHello) as group:
             log.error("%s: %s", url, group.exceptions[0])
+        except* InitRejected as group:
+            log.error("%s: %s", url, group.exceptions[0])
+        except* HandshakeFailed as group:
+            log.warning("%s: encrypted handshake failed: %s", url, group.exceptions[0])
         except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as group:
             log.warning("connection to %s lost: %s", url, group.exceptions[0])
         finally:
             self.session = None
+
+    async def _discover(self) -> str | None:
+        from resonate_embedded.discovery.mdns import discover_server
+
+        server = await discover_server(DISCOVER_TIMEOUT_S)
+        if server is None:
+            log.warning("no server found by mDNS within %.0f s", DISCOVER_TIMEOUT_S)
+            return None
+        log.info("found server %r at %s by mDNS", server.name, server.url)
+        return server.url
+
+    async def _plaintext_session(self, url: str) -> None:
+        """Plaintext Sendspin or Resonate: the dialect the URL implies, else Sendspin first
+        and Resonate if no server/hello came (PROTOCOL.md §0)."""
+        h = self.hello()
+        async with connect_speaking(
+                url, lambda d: resonate_hello_json(h) if d == "resonate" else h.to_json(),
+                candidates=dialect_candidates(url, self._learned.get(url))) as sp:
+            self._learned[url] = sp.dialect
+            await self._run_session(sp.conn, url, dialect=sp.dialect, server_hello=sp.hello)
+
+    def _new_session(self, conn, url: str | None, dialect: str = "sendspin") -> Session:
+        return Session(conn, self.hello(), self.state, lambda: self._store.save(self.state),
+                       self.clock, self._to_writer, self._writer_events,
+                       security=Security(self.pairings, self.config.unpaired_access, url,
+                                         self.config.spoken_pairing_code),
+                       dialect=dialect)
+
+    async def _run_session(self, conn, url: str, dialect: str = "sendspin",
+                           server_hello=None) -> None:
+        self.session = self._new_session(conn, url, dialect)
+        await self.session.run(server_hello=server_hello)
+
+    # ------------------------------------------------------------------ server-initiated mode
+    async def _listen(self) -> None:
+        """Be dialled: listen, advertise by mDNS, admit one server at a time (spec rules).
+        No reconnect loop: servers redial."""
+        from resonate_embedded.discovery.mdns import Advertisement, advertise
+
+        async with open_listener(self.config.listen_port) as listener:
+            log.info("waiting for servers on port %d", listener.port)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(advertise, Advertisement(
+                    self.config.client_id or self.state.client_id, self.config.name,
+                    listener.port, resonate=self.config.advertise_resonate))
+                await Admission(self._provisional,
+                                lambda: self.state.last_played_server_id).run(listener.incoming)
+
+    async def _provisional(self, conn: IncomingConnection) -> _Dialled | None:
+        if self.config.encryption == "required":
+            # Incoming connections are plaintext only (no Noise responder yet).
+            log.warning("%s: refusing a plaintext connection: encryption is required", conn.remote)
+            return None
+        session = self._new_session(conn, None, conn.dialect)
+        try:
+            h = await session.handshake()
+        except SessionRefused as exc:
+            log.error("%s: %s", conn.remote, exc)
+            return None
+        if self.pairings.by_server_id(h.server_id) is not None:
+            # no downgrade: a server paired with us must use its long-term key
+            log.warning("%s: refusing plaintext from paired server %s", conn.remote, h.server_id)
+            await conn.close()
+            return None
+        return _Dialled(self, session, Candidate.from_connection_reason(h.server_id,
+                                                                        h.connection_reason))
 
     async def _print_status(self) -> None:
         while True:

@@ -29,6 +29,22 @@ class PersistentState:
     last_played_server_id: str | None = None
 
 
+def adopt_client_id(state: PersistentState, client_id: str, announce: bool = True) -> bool:
+    """Make ``client_id`` (the identity's public key) the state's; True if it changed.
+
+    A state written before encryption holds a random ``resonate-…`` id; the volume,
+    mute, delay and last-played server it holds are kept.  Servers key groups and
+    settings on the id, so they see the speaker as new once: say why.
+    """
+    if state.client_id == client_id:
+        return False
+    (log.warning if announce else log.debug)("client_id changes from %s to %s: encrypted Sendspin identifies a speaker by "
+                "its public key (kept in identity.json); volume, mute and delay are kept, "
+                "servers will list this speaker as a new one", state.client_id, client_id)
+    state.client_id = client_id
+    return True
+
+
 def _valid(data: dict) -> dict:
     out = {}
     if isinstance(data.get("client_id"), str) and data["client_id"]:
@@ -48,6 +64,7 @@ class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir
         self._path = state_dir / STATE_FILE
+        self.existed = False  # whether load() found a readable state file
 
     def load(self) -> PersistentState:
         try:
@@ -63,6 +80,7 @@ class StateStore:
             state = PersistentState()
             self.save(state)
             return state
+        self.existed = True
         return PersistentState(**_valid(data))
 
     def save(self, state: PersistentState) -> None:

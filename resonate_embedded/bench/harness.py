@@ -32,6 +32,8 @@ import numpy as np
 import trio
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("sendspin_test_server.py")
+RESONATE_SCRIPT = Path(__file__).resolve().with_name("resonate_test_server.py")
+SENDSPIN_V1_SCRIPT = Path(__file__).resolve().with_name("sendspin_v1_test_server.py")
 SETUP_SCRIPT = Path(__file__).resolve().with_name("setup_server_venv.sh")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +84,47 @@ def find_server_python() -> str | None:
     return None
 
 
+def _find_python(env_var: str, venv: str, dist: str, version_prefix: str) -> str | None:
+    """$`env_var`, else <repo>/`venv`/bin/python, if it imports `dist` at `version_prefix`*."""
+    candidates = [os.environ.get(env_var), str(REPO_ROOT / venv / "bin" / "python")]
+    probe = (
+        "import importlib.metadata as m, sys; import numpy; "
+        f"sys.exit(0 if m.version({dist!r}).startswith({version_prefix!r}) else 3)"
+    )
+    for cand in candidates:
+        if not cand or not Path(cand).exists():
+            continue
+        try:
+            res = subprocess.run([cand, "-c", probe], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if res.returncode == 0:
+            return cand
+    return None
+
+
+def find_resonate_python() -> str | None:
+    """A Python with aioresonate 0.13.x for ``RESONATE_SCRIPT``, or None.
+
+    Order: $RESONATE_SERVER_PYTHON, <repo>/.venv-resonate/bin/python (made by
+    ``setup_legacy_venvs.sh``)."""
+    return _find_python("RESONATE_SERVER_PYTHON", ".venv-resonate", "aioresonate", "0.13.")
+
+
+def find_sendspin1_python() -> str | None:
+    """A Python with aiosendspin 1.x ("S1a") for ``SENDSPIN_V1_SCRIPT``, or None.
+
+    Order: $SENDSPIN1_SERVER_PYTHON, <repo>/.venv-sendspin1/bin/python."""
+    return _find_python("SENDSPIN1_SERVER_PYTHON", ".venv-sendspin1", "aiosendspin", "1.")
+
+
+def find_sendspin2_python() -> str | None:
+    """A Python with aiosendspin 2.x ("S1") for ``SENDSPIN_V1_SCRIPT``, or None.
+
+    Order: $SENDSPIN2_SERVER_PYTHON, <repo>/.venv-sendspin2/bin/python."""
+    return _find_python("SENDSPIN2_SERVER_PYTHON", ".venv-sendspin2", "aiosendspin", "2.")
+
+
 # ---------------------------------------------------------------------------------------
 # The running server
 # ---------------------------------------------------------------------------------------
@@ -110,7 +153,7 @@ class TestServer:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/sendspin"
+        return f"ws://127.0.0.1:{self.port}{self.ready.get('path', '/sendspin')}"
 
     @property
     def clock(self) -> str:
@@ -285,8 +328,14 @@ async def start_test_server(
     keep_log: bool = False,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    script: str | os.PathLike[str] = SERVER_SCRIPT,
 ) -> AsyncIterator[TestServer]:
     """Start the harness, wait for ``ready`` and yield a :class:`TestServer`.
+
+    `script` selects the server: ``SERVER_SCRIPT`` (aiosendspin 10, the default),
+    ``RESONATE_SCRIPT`` (aioresonate 0.13) or ``SENDSPIN_V1_SCRIPT`` (aiosendspin 1.x/2.x);
+    pass the matching ``find_*_python()`` as `venv_python`.  The older servers take no
+    `lead_ms`/`wire_events`.
 
     `port=0` lets the server pick a free port (read it from ``srv.port``/``srv.url``).
     The server's stderr log goes to `log_path` (default: a temp file, ``srv.log_path``,
@@ -309,7 +358,7 @@ async def start_test_server(
     args = [
         str(venv_python),
         "-u",
-        str(SERVER_SCRIPT),
+        str(script),
         "--port",
         str(port),
         "--host",

@@ -25,11 +25,10 @@ to do for it, and why:
   **no roles** for an unpaired client until the server side approves it
   (``SendspinServer.trust_unpaired(client_id)`` — the "approve this speaker"
   click in Music Assistant); ``client_added`` then shows ``roles: []`` and no
-  audio is ever sent. The harness has no command for that, so reference runs
-  start the unchanged harness through a small wrapper that approves every
-  *encrypted unpaired* connection for playback (it patches
-  ``SendspinConnection._reload_trusted_unpaired``; plain unencrypted clients,
-  i.e. our player, are not affected).
+  audio is ever sent. The harness has no command for that, so scenarios start
+  the unchanged harness through a small wrapper that approves every *encrypted
+  unpaired* connection for playback (``scenario.trusting_server_python``; plain
+  unencrypted clients are not affected).
 * **Output delay.** The reference's only latency knob is ``--output-delay-ms``
   (9.0.0: positive = play earlier), the counterpart of our ``--dac-latency-us``.
 """
@@ -49,36 +48,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _PROBE = (
     "import importlib.metadata as m, sys; v = m.version('sendspin'); "
-    "import sounddevice; print(v, sounddevice.get_portaudio_version()[1]); "
+    "import sounddevice; print(v, sounddevice.get_portaudio_version()[1].split(',')[0]); "
     "sys.exit(0 if v.split('.')[0] == '9' else 3)"
 )
-
-_TRUST_WRAPPER = '''\
-"""Run the harness server, approving every encrypted unpaired client for playback.
-
-Written by resonate_embedded/bench/reference.py: aiosendspin 10 activates no roles
-for an unpaired Noise client until the server calls trust_unpaired(); this does
-that for every such connection. Legacy unencrypted clients are not affected.
-"""
-import runpy
-import sys
-
-from aiosendspin.server.connection import SendspinConnection
-
-_original = SendspinConnection._reload_trusted_unpaired
-
-
-async def _reload_trusted_unpaired(self):
-    await _original(self)
-    if self._noise_psk is not None and not self._trusted_unpaired:
-        self._trusted_unpaired = True
-
-
-SendspinConnection._reload_trusted_unpaired = _reload_trusted_unpaired
-args = [a for a in sys.argv[1:] if a != "-u"]
-sys.argv = args
-runpy.run_path(args[0], run_name="__main__")
-'''
 
 
 def _probe(python: str) -> tuple[bool, str]:
@@ -109,19 +81,6 @@ def find_reference_python() -> tuple[str | None, str]:
     if not reasons:
         reasons.append("no reference venv: run `python -m resonate_embedded.bench.reference setup`")
     return None, "; ".join(reasons)
-
-
-def trusting_server_python(server_python: str, workdir: Path) -> str:
-    """An executable that starts the harness server like ``server_python`` would, but
-    approves encrypted unpaired clients (see the module docstring)."""
-    d = workdir / "trusting-server"
-    d.mkdir(parents=True, exist_ok=True)
-    wrapper = d / "trust_wrapper.py"
-    wrapper.write_text(_TRUST_WRAPPER)
-    launcher = d / "python"
-    launcher.write_text(f'#!/bin/sh\nexec "{server_python}" -u "{wrapper}" "$@"\n')
-    launcher.chmod(0o755)
-    return str(launcher)
 
 
 def alsa_alias(name: str) -> str:
@@ -173,16 +132,26 @@ def reference_command(python: str, *, url: str, name: str, run_dir: Path, offer:
 
 
 def _python312() -> str | None:
-    for cand in ("python3.12", "python3.13"):
-        if shutil.which(cand):
-            return shutil.which(cand)
+    """A working Python >= 3.12: pyenv's 3.12.x, then python3.12/python3.13 on PATH."""
+    candidates = []
     try:
         prefix = subprocess.run(["pyenv", "prefix", "3.12.1"], capture_output=True, text=True,
                                 timeout=30).stdout.strip()
+        if prefix:
+            candidates.append(str(Path(prefix, "bin", "python")))
     except (OSError, subprocess.TimeoutExpired):
-        prefix = ""
-    if prefix and Path(prefix, "bin", "python").exists():
-        return str(Path(prefix, "bin", "python"))
+        pass
+    candidates += [shutil.which(c) or "" for c in ("python3.12", "python3.13")]
+    for cand in candidates:
+        if not cand or not Path(cand).exists():
+            continue
+        try:
+            ok = subprocess.run([cand, "-c", "import sys; sys.exit(sys.version_info < (3, 12))"],
+                                capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return cand
     return None
 
 

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -39,7 +39,7 @@ import trio
 
 from resonate_embedded.bench.harness import TestServer, find_server_python, start_test_server
 from resonate_embedded.bench.measure import ChunkTable, Matched, match
-from resonate_embedded.bench.netem import NetemConfig, NetemProxy
+from resonate_embedded.bench.netem import NetemConfig, open_netem
 from resonate_embedded.paced.log import PacedLog, read_paced_log
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,6 +60,7 @@ class Scenario:
     netem: NetemConfig | None = None
     cpu_hog: bool = False
     group_ppm: tuple[float, ...] = ()  # extra players joined into the first one's group
+    trust_unpaired: bool = True  # the server approves encrypted unpaired players (see below)
 
 
 @attrs.frozen
@@ -83,6 +84,7 @@ class PlayerRun:
     exit_code: int
     output: str
     stream_start_ns: int | None  # CLOCK_MONOTONIC_RAW when the server had sent it stream/start
+    stop_cmd_ns: int | None = None  # CLOCK_MONOTONIC_RAW just before the stop command
 
 
 @attrs.frozen
@@ -98,6 +100,56 @@ class ScenarioResult:
     start_cmd_ns: int | None = None  # CLOCK_MONOTONIC_RAW just before the start command
     streamed_s: float = 0.0  # wall time from the start command to the usage sample
     netem: dict | None = None  # the proxy's statistics
+    stop_cmd_ns: int | None = None  # CLOCK_MONOTONIC_RAW just before the stop command
+
+
+_TRUST_WRAPPER = '''\
+"""Run the harness server, approving every encrypted unpaired client for playback.
+
+Written by resonate_embedded/bench/scenario.py: aiosendspin 10 activates no roles
+for an unpaired Noise client until the server calls trust_unpaired() (the operator's
+"approve this speaker"); this does that for every such connection. Plaintext clients
+are not affected.
+"""
+import runpy
+import sys
+
+from aiosendspin.server.connection import SendspinConnection
+
+_original = SendspinConnection._reload_trusted_unpaired
+
+
+async def _reload_trusted_unpaired(self):
+    await _original(self)
+    if self._noise_psk is not None and not self._trusted_unpaired:
+        self._trusted_unpaired = True
+
+
+SendspinConnection._reload_trusted_unpaired = _reload_trusted_unpaired
+args = [a for a in sys.argv[1:] if a != "-u"]
+sys.argv = args
+runpy.run_path(args[0], run_name="__main__")
+'''
+
+
+def trusting_server_python(server_python: str, workdir: Path) -> str:
+    """An executable that starts the harness server like ``server_python`` would, but
+    approves every encrypted unpaired client for playback, as an operator would.
+
+    aiosendspin 10 accepts a Noise (encrypted) client that is not paired, but
+    activates no roles for it until ``SendspinServer.trust_unpaired(client_id)``;
+    ``client_added`` then shows ``roles: []`` and no audio is sent. The harness has
+    no command for that, so this wraps it (patching
+    ``SendspinConnection._reload_trusted_unpaired``).
+    """
+    d = workdir / "trusting-server"
+    d.mkdir(parents=True, exist_ok=True)
+    wrapper = d / "trust_wrapper.py"
+    wrapper.write_text(_TRUST_WRAPPER)
+    launcher = d / "python"
+    launcher.write_text(f'#!/bin/sh\nexec "{server_python}" -u "{wrapper}" "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
 
 
 def raw_ns() -> int:
@@ -179,6 +231,8 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
     """Play ``sc.seconds`` of the index signal (``during`` may act on the server meanwhile)."""
     workdir.mkdir(parents=True, exist_ok=True)
     server_python = server_python or find_server_python()
+    if server_python is None:
+        raise RuntimeError("no Python with aiosendspin 10.x for the test server")
     if sc.player == "reference":
         from resonate_embedded.bench import reference
 
@@ -186,23 +240,25 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
             ref_python, why = reference.find_reference_python()
             if ref_python is None:
                 raise RuntimeError(f"reference player not available: {why}")
-        server_python = reference.trusting_server_python(server_python, workdir)
     elif sc.player != "ours":
         raise ValueError(f"unknown player kind {sc.player!r}")
+    if sc.trust_unpaired:
+        server_python = trusting_server_python(server_python, workdir)
     members = [(sc.name, sc.ppm)] + [(f"{sc.name}-m{i + 1}", p) for i, p in enumerate(sc.group_ppm)]
     launched: list[_Launched] = []
     netem_stats = None
-    start_cmd_ns = None
+    start_cmd_ns = stop_cmd_ns = None
     streamed_s = 0.0
+    proxy = None
     async with start_test_server(server_python, port=0,
                                  log_path=workdir / f"{sc.name}.server.log") as srv:
-        async with trio.open_nursery() as nursery:
-            proxy = None
+        async with AsyncExitStack() as stack:
             url = srv.url
             if sc.netem is not None:
-                proxy = NetemProxy(sc.netem, srv.port, max_seconds=sc.seconds + 600)
-                port = await nursery.start(proxy.serve)
-                url = f"ws://127.0.0.1:{port}/sendspin"
+                proxy = await stack.enter_async_context(
+                    open_netem(sc.netem, srv.port, workdir, max_seconds=sc.seconds + 600))
+                url = f"ws://127.0.0.1:{proxy.port}/sendspin"
+            nursery = await stack.enter_async_context(trio.open_nursery())
             try:
                 for name, ppm in members:
                     launched.append(await _launch(sc, name, ppm, url, workdir, ref_python))
@@ -230,13 +286,14 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
                     streamed_s = (raw_ns() - start_cmd_ns) / 1e9
                     for p in launched:
                         p.usage = usage_of(p.proc.pid)
+                    stop_cmd_ns = raw_ns()
                     await srv.command({"cmd": "stop"})
             finally:
                 with trio.CancelScope(shield=True):
                     exits = [await stop_process(p.proc) for p in launched]
-                if proxy is not None:
-                    netem_stats = proxy.stats()
                 nursery.cancel_scope.cancel()
+        if proxy is not None:
+            netem_stats = proxy.stats()  # written when the proxy process exits
         events = list(srv.events)
     with open(workdir / f"{sc.name}.events.jsonl", "w") as f:
         for ev in events:
@@ -248,10 +305,10 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
         runs.append(PlayerRun(
             p.name, sc.player, p.ppm, p.client_id, log, match(log, chunks, stream_bits=sc.bits),
             p.usage_start or ProcessUsage(0.0, 0), p.usage or ProcessUsage(0.0, 0), code,
-            p.out_path.read_text(errors="replace"), p.stream_start_ns))
+            p.out_path.read_text(errors="replace"), p.stream_start_ns, stop_cmd_ns))
     first = runs[0]
     return ScenarioResult(sc, first.log, first.matched, events, first.usage, first.exit_code,
-                          first.output, runs, start_cmd_ns, streamed_s, netem_stats)
+                          first.output, runs, start_cmd_ns, streamed_s, netem_stats, stop_cmd_ns)
 
 
 async def _launch(sc: Scenario, name: str, ppm: float, url: str, workdir: Path,
@@ -307,7 +364,7 @@ class Clean:
 
 
 def clean_frames(run: PlayerRun | ScenarioResult) -> Clean:
-    """Bit-exact frames, minus isolated glitch frames.
+    """Bit-exact frames played before the stop command, minus isolated glitch frames.
 
     A correction that blends two neighbours across a 32768-frame boundary of the
     index signal produces one frame that decodes (and checks) as a far-away K;
@@ -316,6 +373,9 @@ def clean_frames(run: PlayerRun | ScenarioResult) -> Clean:
     m = run.matched
     log = run.log
     sel = m.bit_exact
+    stop_ns = getattr(run, "stop_cmd_ns", None)
+    if stop_ns is not None:
+        sel = sel & (m.play_ns < stop_ns)  # after stream/end a player owes nothing
     k = m.k[sel]
     p = m.play_ns[sel]
     e = m.error_us[sel]
@@ -348,6 +408,9 @@ class Figures:
     max_us: float
     mean_us: float  # signed
     p99_jitter_us: float  # p99 |error - median(error)|: the error with its constant part removed
+    late_p99_us: float  # p99 |error| over the second half of the run (long runs: settled state)
+    late_mean_us: float  # signed mean error over the second half
+    late_p99_jitter_us: float  # p99 |error - median| over the second half
     converge_s: float | None  # first sound -> |error| stays <= 1 ms (None: never, in this run)
     first_sound_ms: float | None  # first non-silent frame's play time - stream/start sent
     scheduled_first_ms: float | None  # server time of the first played frame - stream/start sent
@@ -377,8 +440,9 @@ def figures(run: PlayerRun, streamed_s: float) -> Figures:
     m = run.matched
     nan = float("nan")
     if c.k.size < 2:
-        return Figures(int(c.k.size), 0.0, nan, nan, nan, nan, nan, nan, None, None, None, nan,
-                       nan, nan, 0, 0, nan, len(run.log.xruns_ns), nan,
+        return Figures(int(c.k.size), 0.0, nan, nan, nan, nan, nan, nan, nan, nan, nan,
+                       None, None, None, nan,
+                       nan, nan, 0, 0, nan, _xruns(run), nan,
                        run.usage.peak_rss_kb / 1024.0, c.glitches, m.unidentified_frames,
                        int((~m.bit_exact).sum()))
     t = (c.play_ns - c.play_ns[0]) / 1e9
@@ -396,6 +460,8 @@ def figures(run: PlayerRun, streamed_s: float) -> Figures:
         ss = c.error_us
     a = np.abs(ss)
     med_signed = float(np.median(ss))
+    late = c.error_us[t >= played / 2]
+    late_med = float(np.median(late))
     first_sound = scheduled = None
     first_play = int(m.play_ns[0]) if m.play_ns.size else int(c.play_ns[0])
     first_server = int(m.server_ns[0]) if m.server_ns.size else int(c.play_ns[0])
@@ -413,13 +479,21 @@ def figures(run: PlayerRun, streamed_s: float) -> Figures:
         frames=int(c.k.size), played_s=played, steady_from_s=steady_from,
         median_us=float(np.median(a)), p99_us=float(np.percentile(a, 99)), max_us=float(a.max()),
         mean_us=float(ss.mean()), p99_jitter_us=float(np.percentile(np.abs(ss - med_signed), 99)),
+        late_p99_us=float(np.percentile(np.abs(late), 99)), late_mean_us=float(late.mean()),
+        late_p99_jitter_us=float(np.percentile(np.abs(late - late_med), 99)),
         converge_s=converge, first_sound_ms=first_sound, scheduled_first_ms=scheduled,
         start_error_us=float(m.error_us[0]) if m.error_us.size else nan,
         dropped_per_min=dropped / minutes, inserted_per_min=inserted / minutes,
         jumps=jumps, jump_frames=jump_frames, max_speed_dev_pct=max_speed_deviation(c, run.log.rate),
-        xruns=len(run.log.xruns_ns), cpu_s_per_min=cpu, rss_mb=run.usage.peak_rss_kb / 1024.0,
+        xruns=_xruns(run), cpu_s_per_min=cpu, rss_mb=run.usage.peak_rss_kb / 1024.0,
         glitches=c.glitches, unidentified=m.unidentified_frames,
         not_bit_exact=int((~m.bit_exact).sum()))
+
+
+def _xruns(run: PlayerRun) -> int:
+    """Underruns while streaming (after the stop command the device may run dry)."""
+    stop_ns = getattr(run, "stop_cmd_ns", None)
+    return sum(1 for x in run.log.xruns_ns if stop_ns is None or x < stop_ns)
 
 
 def max_speed_deviation(c: Clean, rate: int, window_s: float = SPEED_WINDOW_S,

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from aiosendspin.models.types import AudioCodec, PlayerCommand
+from aiosendspin.models.types import AudioCodec, ConnectionReason, PlayerCommand
 from aiosendspin.noise import Identity, InMemoryServerPairingStore
 from aiosendspin.server import (
     AudioFormat,
@@ -295,6 +296,13 @@ def install_role_hooks() -> None:
 
         check_late._harness_wrapped = True  # type: ignore[attr-defined]
         SendspinConnection._check_late_binary = check_late  # type: ignore[method-assign]
+
+
+def _free_port(host: str) -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def disable_mdns() -> None:
@@ -646,6 +654,24 @@ class CommandError(Exception):
     """A command could not be carried out (reported as an error event)."""
 
 
+def approve_encrypted_unpaired() -> None:
+    """Approve every *encrypted* unpaired client for playback, as ``sendspin serve`` does.
+
+    aiosendspin 10 activates no roles for a Noise client that is not paired until the
+    operator approves it (``trust_unpaired``). Done per connection, not in the pairing
+    store: a store that trusts every client_id would make the transition-mode server
+    refuse all plaintext clients (downgrade protection). Off with --no-approve-unpaired.
+    """
+    original = SendspinConnection._reload_trusted_unpaired
+
+    async def reload(self: SendspinConnection) -> None:
+        await original(self)
+        if self._noise_psk is not None and not self._trusted_unpaired:  # noqa: SLF001
+            self._trusted_unpaired = True  # noqa: SLF001
+
+    SendspinConnection._reload_trusted_unpaired = reload  # type: ignore[method-assign]
+
+
 class Harness:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -660,10 +686,13 @@ class Harness:
 
     # -- setup ----------------------------------------------------------------------------
     async def start(self) -> None:
-        if not self.args.mdns:
+        mdns = self.args.mdns or self.args.advertise or self.args.discover_clients
+        if not mdns:
             disable_mdns()
         WIRE_PROBE.install()
         install_role_hooks()
+        if self.args.approve_unpaired:
+            approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
         self.server = SendspinServer(
             self.loop,
@@ -673,13 +702,15 @@ class Harness:
             allow_unencrypted=True,
         )
         self.server.add_event_listener(self._on_server_event)
-        await self.server.start_server(
-            port=self.args.port,
-            host=self.args.host,
-            advertise_addresses=[],
-            discover_clients=False,
-        )
         port = self.args.port
+        if port == 0 and self.args.advertise:
+            port = _free_port(self.args.host)  # mDNS advertises the port as given
+        await self.server.start_server(
+            port=port,
+            host=self.args.host,
+            advertise_addresses=[self.args.host] if self.args.advertise else [],
+            discover_clients=self.args.discover_clients,
+        )
         with contextlib.suppress(Exception):
             site = self.server._tcp_site  # noqa: SLF001
             port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
@@ -1089,6 +1120,22 @@ class Harness:
             return await self.session.call_between_commits(do_leave)
         return await do_leave()
 
+    async def cmd_connect_to_client(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Server-initiated mode: dial the player listening at ``url``."""
+        url = cmd.get("url")
+        if not isinstance(url, str):
+            raise CommandError("connect_to_client needs url")
+        reason = ConnectionReason(cmd.get("connection_reason", "discovery"))
+        self.server.connect_to_client(url, connection_reason=reason)
+        return {"url": url, "connection_reason": reason.value}
+
+    async def cmd_disconnect_from_client(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        url = cmd.get("url")
+        if not isinstance(url, str):
+            raise CommandError("disconnect_from_client needs url")
+        self.server.disconnect_from_client(url)
+        return {"url": url}
+
     async def cmd_quit(self, _cmd: dict[str, Any]) -> dict[str, Any]:
         self._quit.set()
         return {}
@@ -1190,6 +1237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wire-events", action="store_true",
                    help="emit a wire_chunk event for every audio chunk handed to a player")
     p.add_argument("--mdns", action="store_true", help="allow zeroconf (off by default)")
+    p.add_argument("--no-approve-unpaired", dest="approve_unpaired", action="store_false",
+                   help="leave encrypted unpaired clients unapproved (no roles) until paired")
+    p.add_argument("--advertise", action="store_true",
+                   help="advertise _sendspin-server._tcp with --host as address (implies --mdns)")
+    p.add_argument("--discover-clients", action="store_true",
+                   help="browse _sendspin._tcp and dial the players found (implies --mdns)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(

@@ -125,9 +125,56 @@ class UnknownMessage:
     type: str
 
 
+# -- encrypted sessions only (spec messaging.md / pairing.md) --
+
+
+@attrs.frozen
+class SecureServerHello:
+    """server/hello under encryption: the server_id came with server/init."""
+
+    name: str
+    languages: tuple[str, ...] = ()
+
+
+ACTIVITIES = ("playback", "pairing")
+
+
+@attrs.frozen
+class ServerActivate:
+    activities: tuple[str, ...]
+    active_roles: tuple[str, ...] | None  # None: omitted (keep the previous set)
+    pairing_method: str | None = None
+    pairing_format: str | None = None
+    unknown_activities: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ServerPairFinalize:
+    pass
+
+
+@attrs.frozen
+class PairAbort:
+    reason: str
+
+
+@attrs.frozen
+class ServerUnpair:
+    pass
+
+
+@attrs.frozen
+class ServerPairStep:
+    """server/pair-init, server/pair-auth or server/pair-confirm (fields checked by the attempt)."""
+
+    type: str
+    payload: dict = attrs.field(eq=False)
+
+
 ServerMessage = Union[
     ServerHello, ServerTime, GroupUpdate, ServerCommand, StreamStart, StreamClear, StreamEnd,
-    ServerError, UnknownMessage,
+    ServerError, UnknownMessage, SecureServerHello, ServerActivate, ServerPairFinalize, PairAbort,
+    ServerUnpair, ServerPairStep,
 ]
 
 
@@ -206,8 +253,47 @@ def _parse_stream_start(p: dict) -> StreamStart:
     return StreamStart(_parse_stream_format(player), header)
 
 
+def _str_list(p: dict, key: str, required: bool = True) -> tuple[str, ...] | None:
+    value = p.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(f"missing field {key!r}")
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"field {key!r} is not a list of strings")
+    return tuple(value)
+
+
+def _parse_secure_server_hello(p: dict) -> SecureServerHello:
+    return SecureServerHello(name=_field(p, "name", str, required=False) or "",
+                             languages=_str_list(p, "languages", required=False) or ())
+
+
+def _parse_server_activate(p: dict) -> ServerActivate:
+    activities = _str_list(p, "activities")
+    pairing = p.get("pairing")
+    method = fmt = None
+    if "pairing" in activities:
+        if not isinstance(pairing, dict):
+            raise ProtocolError("'pairing' activity without a pairing object")
+        method = _field(pairing, "method", str)
+        fmt = _field(pairing, "format", str, required=False)
+    return ServerActivate(
+        activities=tuple(a for a in activities if a in ACTIVITIES),
+        active_roles=_str_list(p, "active_roles", required=False),
+        pairing_method=method, pairing_format=fmt,
+        unknown_activities=tuple(a for a in activities if a not in ACTIVITIES))
+
+
 _PARSERS = {
     "server/hello": _parse_server_hello,
+    "server/activate": _parse_server_activate,
+    "server/pair-finalize": lambda p: ServerPairFinalize(),
+    "pair/abort": lambda p: PairAbort(str(p.get("reason", "unspecified"))),
+    "server/unpair": lambda p: ServerUnpair(),
+    "server/pair-init": lambda p: ServerPairStep("server/pair-init", p),
+    "server/pair-auth": lambda p: ServerPairStep("server/pair-auth", p),
+    "server/pair-confirm": lambda p: ServerPairStep("server/pair-confirm", p),
     "server/time": _parse_server_time,
     "group/update": _parse_group_update,
     "server/command": _parse_server_command,
@@ -218,8 +304,8 @@ _PARSERS = {
 }
 
 
-def parse_server_message(text: str) -> ServerMessage:
-    """Parse one JSON text frame from the server."""
+def parse_server_message(text: str, secure: bool = False) -> ServerMessage:
+    """Parse one JSON text frame from the server (``secure``: an encrypted session's)."""
     if len(text) > MAX_TEXT_MESSAGE_BYTES:
         raise ProtocolError(f"text message of {len(text)} bytes is too large")
     try:
@@ -234,6 +320,8 @@ def parse_server_message(text: str) -> ServerMessage:
     if not isinstance(payload, dict):
         raise ProtocolError(f"{obj['type']}: payload is not an object")
     parser = _PARSERS.get(obj["type"])
+    if secure and obj["type"] == "server/hello":
+        parser = _parse_secure_server_hello
     if parser is None:
         return UnknownMessage(obj["type"])
     try:
@@ -281,6 +369,25 @@ class ClientHello:
             "player_support": support,
         })
 
+    def to_secure_json(self, unpaired_access: bool, spoken_code: bool = False) -> str:
+        """client/hello of an encrypted session (spec form: no client_id/version, commands
+        and delay live in client/state, Pairing PSK offered, and with ``spoken_code`` the
+        Dynamic Pairing Code spoken through the speaker)."""
+        methods: dict[str, Any] = {"pairing_psk": {"locations": ["device"]}}
+        if spoken_code:
+            methods["dynamic_pairing_code"] = {"out_channels": ["speaker"], "formats": ["digits"]}
+        return _dump("client/hello", {
+            "name": self.name,
+            "device_info": attrs.asdict(self.device_info),
+            "supported_roles": ["player@v1"],
+            "player@v1_support": {
+                "supported_formats": [attrs.asdict(f) for f in self.formats],
+                "buffer_capacity": self.buffer_capacity,
+            },
+            "supported_pair_methods": methods,
+            "unpaired_access": {"enabled": bool(unpaired_access)},
+        })
+
 
 @attrs.frozen
 class PlayerState:
@@ -309,11 +416,14 @@ class PlayerState:
 
 @attrs.frozen
 class ClientState:
-    state: str | None = None  # "synchronized" | "error" | "external_source"
+    state: str | None = None  # "synchronized" | "error" | "external_source" (plaintext servers)
     player: PlayerState | None = None
+    available: bool | None = None  # encrypted sessions (current spec) say this instead of state
 
     def to_json(self) -> str:
         payload: dict[str, Any] = {}
+        if self.available is not None:
+            payload["available"] = self.available
         if self.state is not None:
             payload["state"] = self.state
         if self.player is not None:
@@ -327,3 +437,19 @@ def client_time_json(client_transmitted_us: int) -> str:
 
 def client_goodbye_json(reason: str) -> str:
     return _dump("client/goodbye", {"reason": reason})
+
+
+def client_pair_init_json(pairing_index: int) -> str:
+    return _dump("client/pair-init", {"pairing_index": pairing_index})
+
+
+def client_pair_finalize_json(long_term_psk_b64url: str) -> str:
+    return _dump("client/pair-finalize", {"long_term_psk": long_term_psk_b64url})
+
+
+def pair_abort_json(reason: str) -> str:
+    return _dump("pair/abort", {"reason": reason})
+
+
+def client_message_json(msg_type: str, payload: dict) -> str:
+    return _dump(msg_type, payload)

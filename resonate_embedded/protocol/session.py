@@ -1,35 +1,54 @@
-"""One conversation with a Sendspin v1 server (plaintext dialect).
+"""One conversation with a Sendspin v1 server (plaintext dialect or encrypted).
 
 The session owns the connection for its lifetime: it sends ``client/hello``,
 waits for ``server/hello``, sends the full ``client/state``, runs the clock-sync
 task, and turns server messages into writer commands (in arrival order) and
 ``client/state`` replies.  Bad input from the server costs one log line and is
 otherwise ignored; the session (and what it holds) survives it.
+
+Over an encrypted connection (:class:`~resonate_embedded.protocol.noise_transport.SecureConnection`)
+the order is the current spec's: ``server/hello`` → ``client/hello`` →
+``server/activate``; every activation is checked against the PSK the handshake
+matched (long-term / pairing / Sentinel) and the ``unpaired_access`` setting, and
+a Pairing PSK attempt is answered (``client/pair-init`` + ``client/pair-finalize``).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Callable
 
 import attrs
 import trio
 
 from resonate_embedded.audio.commands import EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume
+from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
 from resonate_embedded.clock.sync import ClockSync, TimeReply
 from resonate_embedded.protocol.binary import BinaryFrameError, parse_audio_frame
 from resonate_embedded.protocol.connection import Connection, ConnectionClosed
 from resonate_embedded.protocol.messages import (
-    ClientHello, ClientState, GroupUpdate, PlayerState, ProtocolError, ServerCommand, ServerError,
-    ServerHello, ServerTime, StreamClear, StreamEnd, StreamStart, UnknownMessage,
-    client_goodbye_json, parse_server_message,
+    ClientHello, ClientState, GroupUpdate, PairAbort, PlayerState, ProtocolError, SecureServerHello,
+    ServerActivate, ServerCommand, ServerError, ServerHello, ServerPairFinalize, ServerPairStep,
+    ServerTime, ServerUnpair, StreamClear, StreamEnd, StreamStart, UnknownMessage,
+    client_goodbye_json, client_message_json, client_pair_finalize_json, client_pair_init_json,
+    pair_abort_json, parse_server_message,
+)
+from resonate_embedded.protocol.resonate_dialect import (
+    Dialect, SessionUpdate, parse_resonate_audio_frame, parse_resonate_message, player_update_json,
+    resonate_hello_json,
 )
 from resonate_embedded.state_store import PersistentState
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
+ACTIVATE_TIMEOUT_S = 30.0  # spec: a provisional connection without server/activate is dropped
+SYNC_BEFORE_AVAILABLE_S = 3.0  # wait at most this long for clock sync before "available"
+PAIRING_ATTEMPT_TIMEOUT_S = 120.0  # spec: recommended attempt timeout
+SPEAK_LEAD_US = 500_000  # the spoken pairing code starts this far ahead
+SPEAK_MIN_VOLUME = 50  # a muted or quiet speaker still says its pairing code audibly
 REQUIRED_LEAD_TIME_MS = 150
 MIN_BUFFER_MS = 1000
 PLAYER_COMMANDS = ("volume", "mute", "set_output_delay")
@@ -37,6 +56,30 @@ PLAYER_COMMANDS = ("volume", "mute", "set_output_delay")
 
 class SessionRefused(RuntimeError):
     """The server would not take us as a player (no or failed hello)."""
+
+
+@attrs.frozen
+class Security:
+    """What an encrypted session needs beyond the plaintext one."""
+
+    pairing_store: object  # resonate_embedded.pairing.PairingStore
+    unpaired_access: bool = True
+    url: str | None = None
+    spoken_code: bool = True  # offer the Dynamic Pairing Code, spoken through the speaker
+
+
+def _activities_allowed(category: str, activities: set[str], unpaired_access: bool) -> bool:
+    """Spec messaging.md, server/activate: the activity sets each matched PSK allows."""
+    if category == "lt":
+        return activities <= {"playback"}
+    if unpaired_access:
+        return activities <= {"playback", "pairing"}
+    return activities <= {"pairing"}
+
+
+def _admissible(category: str, activities: set[str], has_roles: bool, unpaired_access: bool) -> bool:
+    return _activities_allowed(category, activities, unpaired_access) and (
+        not has_roles or _activities_allowed(category, activities | {"playback"}, unpaired_access))
 
 
 @attrs.define
@@ -51,8 +94,30 @@ class SessionInfo:
 class Session:
     def __init__(self, conn: Connection, hello: ClientHello, state: PersistentState,
                  save_state: Callable[[], None], clock: ClockSync,
-                 to_writer: trio.MemorySendChannel, writer_events: trio.MemoryReceiveChannel) -> None:
+                 to_writer: trio.MemorySendChannel, writer_events: trio.MemoryReceiveChannel,
+                 security: Security | None = None, dialect: Dialect = "sendspin") -> None:
         self._conn = conn
+        # "resonate": aioresonate 0.13 (PROTOCOL.md §2.2): player/update instead of
+        # client/state, session/update, type-1 audio, no goodbye, no server/command.
+        self._resonate = dialect == "resonate"
+        self._secure = bool(getattr(conn, "encrypted", False))
+        self._header_size = int(getattr(conn, "audio_header_size", 9))
+        self._security = security
+        self._active_roles: tuple[str, ...] = ()
+        self._player_active = not self._secure  # plaintext: the hello is the activation
+        self._activities: set[str] = set()
+        self._handshakes_seen = getattr(conn, "handshakes", 0)
+        self._pairing_index = 0
+        self._pairing_psk: bytes | None = None  # the long-term PSK offered in client/pair-finalize
+        self._pairing_deadline: float | None = None
+        self._pairing_started = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._code_attempt = None  # resonate_embedded.pairing.DynamicCodeAttempt
+        self._speaking = False
+        self._volume_lifted = False
+        self._initial_state_due = False
+        self._initial_state_event = trio.Event()
+        self._closing = False
         self._hello = hello
         self._state = state
         self._save_state = save_state
@@ -65,16 +130,35 @@ class Session:
         self._complained: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
-    async def run(self) -> None:
-        """Handshake, then serve until the connection closes."""
-        await self._handshake()
+    async def run(self, server_hello: ServerHello | None = None) -> None:
+        """Handshake, then serve until the connection closes.  ``server_hello``: the hello
+        exchange was already done by the caller (dialect fallback); only the post-hello
+        step (initial state) is left."""
+        await self.handshake(server_hello)
+        await self.serve()
+
+    async def handshake(self, server_hello: ServerHello | None = None):
+        """The hello exchange (or only its post-hello step when ``server_hello`` is given);
+        returns the server's hello.  Raises SessionRefused."""
+        if self._secure:
+            return await self._secure_handshake()
+        return await self._handshake(server_hello)
+
+    async def serve(self) -> None:
+        """Clock sync, writer events and the receive loop, until the connection closes."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._clock.run, self._conn.send_text, self._time_replies)
             nursery.start_soon(self._forward_writer_events)
+            if self._secure:
+                nursery.start_soon(self._initial_state_when_synced)
+                nursery.start_soon(self._pairing_timeout)
             await self._receive_loop()
             nursery.cancel_scope.cancel()
 
     async def goodbye(self, reason: str) -> None:
+        if self._resonate:
+            return  # Resonate has no client/goodbye
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             try:
@@ -82,8 +166,11 @@ class Session:
             except (ConnectionClosed, trio.BrokenResourceError, OSError):
                 pass
 
-    async def _handshake(self) -> None:
-        await self._conn.send_text(self._hello.to_json())
+    async def _handshake(self, server_hello: ServerHello | None = None) -> ServerHello:
+        if server_hello is not None:
+            return await self._after_hello(server_hello)
+        await self._conn.send_text(resonate_hello_json(self._hello) if self._resonate
+                                   else self._hello.to_json())
         with trio.move_on_after(HELLO_TIMEOUT_S):
             while True:
                 received = await self._conn.receive()
@@ -93,22 +180,89 @@ class Session:
                 if isinstance(msg, ServerError):
                     raise SessionRefused(f"server refused us: {msg.reason}")
                 if isinstance(msg, ServerHello):
-                    self.info.server_id, self.info.server_name = msg.server_id, msg.name
-                    log.info("connected to server %r (%s)", msg.name, msg.server_id)
-                    await self._conn.send_text(self._full_state("synchronized").to_json())
-                    return
+                    return await self._after_hello(msg)
         raise SessionRefused(f"no server/hello within {HELLO_TIMEOUT_S:.0f} s")
 
+    async def _after_hello(self, msg: ServerHello) -> ServerHello:
+        self._refuse_downgrade(msg.server_id)
+        self.info.server_id, self.info.server_name = msg.server_id, msg.name
+        log.info("connected to server %r (%s)%s", msg.name, msg.server_id,
+                 ", Resonate dialect" if self._resonate else "")
+        if self._resonate:
+            await self._send_player_update(playing=False)
+        else:
+            await self._conn.send_text(self._full_state("synchronized").to_json())
+        return msg
+
+    async def _send_player_update(self, playing: bool) -> None:
+        await self._conn.send_text(player_update_json(self._state.volume, self._state.muted, playing))
+
+    def _refuse_downgrade(self, server_id: str) -> None:
+        store = self._security.pairing_store if self._security is not None else None
+        if store is not None and store.by_server_id(server_id) is not None:
+            raise SessionRefused(f"server {server_id} is paired with us but offered plaintext: "
+                                 "refusing the downgrade")
+
+    async def _secure_handshake(self) -> None:
+        """server/hello → client/hello → server/activate (spec order under encryption)."""
+        hello = await self._expect(SecureServerHello, HELLO_TIMEOUT_S, "server/hello")
+        self.info.server_id, self.info.server_name = self._conn.server_id, hello.name
+        log.info("connected to server %r (%s), encrypted, %s PSK", hello.name, self._conn.server_id,
+                 {"lt": "paired: long-term", "pr": "pairing", "sn": "unpaired: Sentinel"}
+                 [self._conn.psk_category])
+        unpaired_access = self._security.unpaired_access if self._security else True
+        spoken_code = self._security.spoken_code if self._security else False
+        await self._conn.send_text(self._hello.to_secure_json(unpaired_access, spoken_code))
+        activate = await self._expect(ServerActivate, ACTIVATE_TIMEOUT_S, "server/activate")
+        await self._on_activate(activate)
+        if not self._active_roles:
+            log.info("server %r holds this speaker idle (no roles): %s", hello.name,
+                     "waiting for the operator to approve or pair it" if self._conn.psk_category != "lt"
+                     else "waiting for the server")
+        return hello
+
+    async def _expect(self, kind: type, timeout_s: float, what: str):
+        with trio.move_on_after(timeout_s):
+            while True:
+                received = await self._conn.receive()
+                if not isinstance(received.data, str):
+                    continue
+                msg = self._parse(received.data)
+                if isinstance(msg, kind):
+                    return msg
+                log.warning("ignoring %s while waiting for %s", type(msg).__name__, what)
+        raise SessionRefused(f"no {what} within {timeout_s:.0f} s")
+
     def _full_state(self, state: str) -> ClientState:
-        return ClientState(state, PlayerState(
+        if self._secure:  # current spec: "available" and the complete player object, always
+            return ClientState(None, self._player_object(), available=True)
+        return ClientState(state, self._player_object())
+
+    def _player_object(self) -> PlayerState:
+        return (PlayerState(
             volume=self._state.volume, muted=self._state.muted,
             output_delay_ms=self._state.output_delay_ms,
             required_lead_time_ms=REQUIRED_LEAD_TIME_MS, min_buffer_ms=MIN_BUFFER_MS,
             supported_commands=PLAYER_COMMANDS))
 
+    async def _initial_state_when_synced(self) -> None:
+        """Spec: a player reports ``available: true`` once its clock is synchronised (we wait
+        at most ``SYNC_BEFORE_AVAILABLE_S`` for that, then report anyway)."""
+        while True:
+            await self._initial_state_event.wait()
+            self._initial_state_event = trio.Event()
+            with trio.move_on_after(SYNC_BEFORE_AVAILABLE_S):
+                while self._clock.updates < 2:
+                    await trio.sleep(0.05)
+            if self._initial_state_due and self._player_active:
+                self._initial_state_due = False
+                await self._conn.send_text(self._full_state("synchronized").to_json())
+
     # ------------------------------------------------------------------ receiving
     async def _receive_loop(self) -> None:
         while True:
+            if self._closing:
+                return
             try:
                 received = await self._conn.receive()
             except ConnectionClosed as exc:
@@ -123,7 +277,9 @@ class Session:
 
     def _parse(self, text: str):
         try:
-            return parse_server_message(text)
+            if self._resonate:
+                return parse_resonate_message(text)
+            return parse_server_message(text, secure=self._secure)
         except ProtocolError as exc:
             log.error("ignoring malformed message: %s", exc)
             return None
@@ -136,6 +292,8 @@ class Session:
                 pass
         elif isinstance(msg, StreamStart):
             self._on_stream_start(msg)
+            if self._resonate and self._decoder is not None:
+                await self._send_player_update(playing=True)
         elif isinstance(msg, StreamClear):
             if msg.concerns_player():
                 await self._to_writer.send(Flush())
@@ -144,15 +302,262 @@ class Session:
                 self._decoder = None
                 self.info.stream_format = None
                 await self._to_writer.send(EndStream())
+                if self._resonate:
+                    await self._send_player_update(playing=False)
         elif isinstance(msg, ServerCommand):
             await self._on_command(msg)
         elif isinstance(msg, GroupUpdate):
             self._on_group_update(msg)
+        elif isinstance(msg, SessionUpdate):  # Resonate's group/update
+            self._on_group_update(GroupUpdate(msg.playback_state, msg.group_id, None))
         elif isinstance(msg, ServerError):
             log.error("server error: %s", msg.reason)
+        elif self._secure and isinstance(msg, ServerActivate):
+            await self._on_activate(msg)
+        elif self._secure and isinstance(msg, ServerPairFinalize):
+            self._on_pair_finalize()
+            await self._stop_speaking()
+        elif self._secure and isinstance(msg, PairAbort):
+            if self._pairing_psk is not None or self._code_attempt is not None:
+                log.warning("server aborted the pairing: %s", msg.reason)
+            self._end_pairing_attempt()
+            await self._stop_speaking()
+        elif self._secure and isinstance(msg, ServerPairStep):
+            await self._on_pair_step(msg)
+        elif self._secure and isinstance(msg, ServerUnpair):
+            await self._on_unpair()
         elif isinstance(msg, UnknownMessage):
             self._complain_once(msg.type, f"ignoring message type {msg.type!r}")
 
+    # ------------------------------------------------------------------ encrypted: activation, pairing
+    async def _on_activate(self, msg: ServerActivate) -> None:
+        conn, sec = self._conn, self._security
+        unpaired_access = sec.unpaired_access if sec is not None else True
+        category = conn.psk_category
+        resync = conn.handshakes != self._handshakes_seen
+        if resync:  # a new Noise handshake: pairing_index counts from 0 again
+            self._handshakes_seen, self._pairing_index = conn.handshakes, 0
+        self._end_pairing_attempt()  # any server/activate ends the attempt in progress
+        await self._stop_speaking()
+        activities = set(msg.activities)
+        if msg.active_roles is not None:
+            roles = msg.active_roles
+        elif _activities_allowed(category, activities | {"playback"}, unpaired_access):
+            roles = self._active_roles
+        else:
+            roles = ()
+        has_roles = bool(roles)
+        if msg.unknown_activities or not _admissible(category, activities, has_roles, unpaired_access):
+            if (not msg.unknown_activities and category != "lt" and not unpaired_access
+                    and _admissible(category, activities, has_roles, True)
+                    and ("pairing" not in activities or self._pairing_acceptable(msg))):
+                reason = "pairing_required"
+            else:
+                reason = "unauthorized"
+            log.error("server/activate %s roles %s not allowed on a %s-PSK session "
+                      "(unpaired access %s): closing with %s", sorted(msg.activities), list(roles),
+                      category, "on" if unpaired_access else "off", reason)
+            await self._leave(reason)
+            raise SessionRefused(f"server/activate refused ({reason})")
+        was_player = self._player_active
+        self._activities, self._active_roles = activities, tuple(roles)
+        self._player_active = any(r.split("@", 1)[0] == "player" for r in roles)
+        if "playback" in activities and self.info.server_id:
+            if self._state.last_played_server_id != self.info.server_id:
+                self._state.last_played_server_id = self.info.server_id
+                self._save_state()
+        if was_player and not self._player_active:
+            self._decoder = None
+            self.info.stream_format = None
+            await self._to_writer.send(EndStream())
+        if self._player_active and (resync or not was_player or self._initial_state_due):
+            if not was_player and self._clock.updates < 2:
+                self._initial_state_due = True  # sent once the clock is synchronised
+                self._initial_state_event.set()
+            else:
+                self._initial_state_due = False
+                await self._conn.send_text(self._full_state("synchronized").to_json())
+        if "pairing" in activities:
+            await self._start_pairing(msg)
+
+    def _pairing_acceptable(self, msg: ServerActivate) -> bool:
+        """Spec: pairing_psk if and only if the matched PSK is the pairing PSK; otherwise only a
+        method (and format) this speaker offers: the Dynamic Pairing Code in digits."""
+        category = self._conn.psk_category
+        if msg.pairing_method == "pairing_psk":
+            return category == "pr"
+        spoken = self._security is not None and self._security.spoken_code
+        return (msg.pairing_method == "dynamic_pairing_code" and spoken and category != "pr"
+                and msg.pairing_format == "digits")
+
+    async def _start_pairing(self, msg: ServerActivate) -> None:
+        self._pairing_index += 1
+        if not self._pairing_acceptable(msg):
+            log.warning("refusing pairing method %r on a %s-PSK session", msg.pairing_method,
+                        self._conn.psk_category)
+            await self._conn.send_text(pair_abort_json("method_not_supported"))
+            return
+        if msg.pairing_method == "dynamic_pairing_code":
+            await self._start_code_attempt()
+            return
+        # Pairing PSK flow: pair-init then, without waiting, pair-finalize with a fresh
+        # long-term PSK; it is persisted when the server acknowledges (server/pair-finalize).
+        self._pairing_psk = secrets.token_bytes(32)
+        self._pairing_deadline = trio.current_time() + PAIRING_ATTEMPT_TIMEOUT_S
+        self._pairing_started.set()
+        from resonate_embedded.identity import b64url_encode
+
+        await self._conn.send_text(client_pair_init_json(self._pairing_index))
+        await self._conn.send_text(client_pair_finalize_json(b64url_encode(self._pairing_psk)))
+        log.info("pairing with server %r (%s) by Pairing PSK", self.info.server_name,
+                 self.info.server_id)
+
+    async def _start_code_attempt(self) -> None:
+        from resonate_embedded.pairing import DynamicCodeAttempt
+
+        store = self._security.pairing_store
+        if store.code_round_limit_reached:
+            # Spec: at the round limit attempts are held back until an operator action.
+            await self._conn.send_text(client_message_json("client/pair-pending", {
+                "pairing_index": self._pairing_index,
+                "message": "Too many wrong pairing codes: run 'resonate-embedded pairings "
+                           "reset-code-limit' on the speaker, then try again."}))
+            log.warning("pairing-code attempts held back: %d rounds without a correct code",
+                        store.code_rounds)
+            return
+        self._code_attempt = DynamicCodeAttempt(self._conn.handshake_hash, self._pairing_index,
+                                                self._conn.suite)
+        self._pairing_deadline = trio.current_time() + PAIRING_ATTEMPT_TIMEOUT_S
+        self._pairing_started.set()
+        await self._conn.send_text(client_message_json("client/pair-init", self._code_attempt.pair_init()))
+        log.info("pairing with server %r (%s) by a pairing code spoken through the speaker",
+                 self.info.server_name, self.info.server_id)
+
+    async def _on_pair_step(self, msg: ServerPairStep) -> None:
+        from resonate_embedded.pairing import PairingProtocolError
+
+        attempt = self._code_attempt
+        if attempt is None:
+            log.debug("discarding %s outside a pairing-code attempt", msg.type)
+            return
+        store = self._security.pairing_store
+        try:
+            if msg.type == "server/pair-init":
+                code = attempt.on_pair_init(msg.payload)
+                store.record_code_round()
+                # Not in the receive loop: speaking may have to wait for clock sync, whose
+                # replies this loop delivers.
+                self._nursery.start_soon(self._speak, code, attempt)
+            elif msg.type == "server/pair-auth":
+                await self._conn.send_text(client_message_json(
+                    "client/pair-auth", attempt.on_pair_auth(msg.payload)))
+            elif attempt.on_pair_confirm(msg.payload):
+                store.reset_code_rounds()
+                confirm, finalize = attempt.confirm_and_finalize()
+                self._pairing_psk = attempt.psk  # persisted on server/pair-finalize
+                await self._conn.send_text(client_message_json("client/pair-confirm", confirm))
+                await self._conn.send_text(client_message_json("client/pair-finalize", finalize))
+            elif store.code_round_limit_reached:
+                log.warning("wrong pairing code entered; round limit reached: aborting")
+                self._end_pairing_attempt()
+                await self._stop_speaking()
+                await self._conn.send_text(pair_abort_json("pairing_code_mismatch"))
+            else:
+                log.warning("wrong pairing code entered on the server (round %d): asking for "
+                            "another round", attempt.round)
+                attempt.retry()
+                await self._conn.send_text(client_message_json("client/pair-retry", {}))
+        except PairingProtocolError as exc:
+            # Spec: a pairing protocol error closes the connection without another message.
+            log.warning("pairing protocol error from %s: %s: closing", self.info.server_id, exc)
+            self._end_pairing_attempt()
+            await self._stop_speaking()
+            self._closing = True
+            await self._conn.close()
+
+    async def _speak(self, code: str, attempt) -> None:
+        """Say the code through our own output, on the server's timeline (clock-synced)."""
+        from resonate_embedded.audio.spoken_code import render_code
+
+        shape = self._hello.formats[0].pcm_shape()
+        pcm = render_code(code, shape)
+        with trio.move_on_after(10.0):
+            while self._clock.updates < 2:
+                await trio.sleep(0.05)
+        mapping = self._clock.mapping
+        if self._code_attempt is not attempt:
+            return  # the attempt ended meanwhile
+        if mapping is None:
+            log.error("cannot speak the pairing code: no clock synchronisation with the server")
+            return
+        await self._stop_speaking(restore_volume=False)
+        self._speaking = True  # the out-channel is ours (server audio dropped) until the attempt ends
+        if self._state.muted or self._state.volume < SPEAK_MIN_VOLUME:
+            self._volume_lifted = True
+            await self._to_writer.send(SetVolume(max(self._state.volume, SPEAK_MIN_VOLUME), False))
+        start = mapping.server_from_local(local_now_us() + SPEAK_LEAD_US)
+        rate, step = shape.sample_rate, shape.sample_rate // 10
+        for i in range(0, pcm.shape[0], step):
+            if self._code_attempt is not attempt:
+                break  # the attempt ended while we queued the audio
+            block = pcm[i:i + step]
+            await self._to_writer.send(PcmChunk(start + i * 1_000_000 // rate, block, shape, block.nbytes))
+        log.info("speaking the pairing code (round %d)", attempt.round)
+
+    async def _stop_speaking(self, restore_volume: bool = True) -> None:
+        if self._speaking:
+            self._speaking = False
+            await self._to_writer.send(EndStream())
+        if restore_volume and self._volume_lifted:
+            self._volume_lifted = False
+            await self._to_writer.send(SetVolume(self._state.volume, self._state.muted))
+
+    def _on_pair_finalize(self) -> None:
+        psk = self._pairing_psk
+        self._end_pairing_attempt()
+        if psk is None or self._security is None:
+            log.warning("ignoring server/pair-finalize outside a pairing attempt")
+            return
+        store = self._security.pairing_store
+        store.add_pairing(self._conn.server_id, psk, self.info.server_name or "",
+                          self._security.url, protected=(self._conn.server_id,))
+
+    def _end_pairing_attempt(self) -> None:
+        self._pairing_psk = None
+        self._pairing_deadline = None
+        self._code_attempt = None
+
+    async def _pairing_timeout(self) -> None:
+        while True:
+            await self._pairing_started.wait()
+            self._pairing_started = trio.Event()
+            while self._pairing_deadline is not None:
+                await trio.sleep(max(0.0, self._pairing_deadline - trio.current_time()) + 0.01)
+                if self._pairing_deadline is not None and trio.current_time() > self._pairing_deadline:
+                    log.warning("pairing attempt timed out")
+                    self._end_pairing_attempt()
+                    await self._stop_speaking()
+                    await self._conn.send_text(pair_abort_json("attempt_timeout"))
+
+    async def _on_unpair(self) -> None:
+        if self._conn.psk_category != "lt":
+            return  # an unpaired session ignores server/unpair
+        if self._security is not None:
+            self._security.pairing_store.remove(self._conn.server_id)
+        log.warning("server %s dropped our pairing (server/unpair)", self._conn.server_id)
+        await self._leave("unpaired")
+
+    async def _leave(self, reason: str) -> None:
+        await self.goodbye(reason)
+        self._closing = True
+        with trio.move_on_after(3) as scope:
+            scope.shield = True
+            try:
+                await self._conn.close()
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+
+    # ------------------------------------------------------------------ streams
     def _on_stream_start(self, msg: StreamStart) -> None:
         if msg.format is None:
             return
@@ -192,16 +597,24 @@ class Session:
             return
         self._save_state()
         await self._to_writer.send(to_writer)
-        await self._conn.send_text(ClientState(player=delta).to_json())
+        if self._resonate:
+            await self._send_player_update(playing=self._decoder is not None)
+        elif self._secure:  # current spec: every client/state carries the full player object
+            await self._conn.send_text(self._full_state("synchronized").to_json())
+        else:
+            await self._conn.send_text(ClientState(player=delta).to_json())
 
     async def _on_binary(self, frame: bytes) -> None:
         try:
-            chunk = parse_audio_frame(frame)
+            chunk = (parse_resonate_audio_frame(frame) if self._resonate
+                     else parse_audio_frame(frame, header_size=self._header_size))
         except BinaryFrameError as exc:
             log.error("ignoring binary frame: %s", exc)
             return
         if chunk is None:
             return
+        if self._speaking:
+            return  # the pairing code owns the output
         if self._decoder is None:
             self._complain_once("audio-without-stream", "ignoring audio received outside a stream")
             return
@@ -222,4 +635,11 @@ class Session:
     # ------------------------------------------------------------------ writer → server
     async def _forward_writer_events(self) -> None:
         async for event in self._writer_events:
+            if self._resonate:
+                continue  # Resonate has no error state to report
+            if self._secure:
+                # The current spec has no "error" state: a player stays available and
+                # the server learns nothing from a local underrun.
+                log.debug("writer state %s (not reported on an encrypted session)", event.state)
+                continue
             await self._conn.send_text(ClientState(state=event.state).to_json())

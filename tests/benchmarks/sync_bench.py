@@ -72,14 +72,14 @@ CASES = [
          {"ppm": -100, "latency_us": 2000}, targets=("speed",), expected_us=2000.0),
     Case("wifi_+100ppm", "+100 ppm, Wi-Fi-like jitter (10 min in full mode)", 600, 15,
          {"ppm": 100, "netem": NetemConfig.wifi(seed=1)}, targets=("p99", "converge", "speed")),
-    Case("wifi_-100ppm", "-100 ppm, Wi-Fi-like jitter", 20, 15,
+    Case("wifi_-100ppm", "-100 ppm, Wi-Fi-like jitter", 15, 15,
          {"ppm": -100, "netem": NetemConfig.wifi(seed=2)}, targets=("p99", "converge", "speed")),
-    Case("asym_10/1ms", "+100 ppm, 10 ms down / 1 ms up (expect +4.5 ms)", 12, 10,
+    Case("asym_10/1ms", "+100 ppm, 10 ms down / 1 ms up (expect +4.5 ms)", 10, 10,
          {"ppm": 100, "netem": NetemConfig.asymmetric(10.0, 1.0)}, targets=("speed",),
          expected_us=4500.0),
     Case("cpu_hog", "+100 ppm, busy loop pinned to the other core", 10, None, {"ppm": 100},
          hog=True, targets=("converge", "speed")),
-    Case("group2", "two players in one group: +100 and -100 ppm", 12, 10,
+    Case("group2", "two players in one group: +100 and -100 ppm", 10, 10,
          {"ppm": 100, "group_ppm": (-100.0,)}, targets=("converge", "speed", "xrun")),
     Case("flac", "FLAC 48k/16/2, +100 ppm", 10, 10,
          {"ppm": 100, "offer": "flac:48000:16:2"}, targets=("converge", "speed", "xrun")),
@@ -154,7 +154,11 @@ async def run_one(case: Case, kind: str, seconds: float, workdir: Path, ref_pyth
     t0 = time.monotonic()
     try:
         res = await run_scenario(sc, workdir, server_python=server_python, ref_python=ref_python)
-        return summarize_result(case, kind, res, time.monotonic() - t0)
+        # In a worker thread: a 10-minute log takes ~20 s to analyse, and the event loop must
+        # keep reading the other run's harness meanwhile (a harness whose stdout pipe fills up
+        # blocks, and its server stops streaming).
+        return await trio.to_thread.run_sync(summarize_result, case, kind, res,
+                                             time.monotonic() - t0)
     except Exception as exc:  # noqa: BLE001 - reported in the table
         (workdir / "error.txt").write_text(traceback.format_exc())
         return RunOutcome(case.name, kind, seconds, error=f"{type(exc).__name__}: {exc}"[:300],
@@ -278,6 +282,14 @@ def targets(outcomes: list[RunOutcome], cases: list[Case]) -> tuple[list[str], b
                 f"  [{case.name}] {kind:<9} expected {case.expected_us:+.0f} us, measured mean "
                 f"{f.mean_us:+.0f} us (off by {f.mean_us - case.expected_us:+.0f} us), "
                 f"p99 |error - mean| {f.p99_jitter_us:.0f} us")
+    for o in outcomes:
+        if o.seconds < 120:
+            continue
+        for name, f in o.figures:
+            lines.append(
+                f"  [{o.case}] {o.kind:<9} long run, second half ({f.played_s / 2:.0f} s): p99 |error| "
+                f"{f.late_p99_us:.0f} us, mean {f.late_mean_us:+.0f} us, p99 |error - median| "
+                f"{f.late_p99_jitter_us:.0f} us")
     return lines, all_ok
 
 
@@ -320,6 +332,9 @@ def ratios(outcomes: list[RunOutcome], cases: list[Case]) -> list[str]:
             cells.append(f"  inter-player p99 {a.inter.p99_us / b.inter.p99_us:.3g}")
         lines.append(f"{case.name:<14} " + " ".join(cells))
         any_row = True
+    if any_row:
+        lines.append("  (first sound is mostly the server's lead, which it picks from what the player "
+                     "declares: see the 'lead' column)")
     return lines if any_row else ["Ours / reference: no reference runs."]
 
 
@@ -393,6 +408,22 @@ def to_json(outcomes: list[RunOutcome]) -> list[dict]:
     return rows
 
 
+def code_version() -> str:
+    """The commit the player code comes from, and whether the tree differs from it (read-only)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                                "--", "resonate_embedded"], capture_output=True, text=True,
+                               timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    changed = [line for line in dirty if line.strip()]
+    return f"{head or 'unknown'}" + (f" + {len(changed)} uncommitted file(s)" if changed else "")
+
+
 async def amain(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     out: Path = args.out
@@ -416,17 +447,21 @@ async def amain(args: argparse.Namespace) -> int:
         ref_python, ref_note = find_reference_python()
     header = [
         f"sync benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-        f"{os.cpu_count()} CPUs",
+        f"{os.cpu_count()} CPUs, player code {code_version()}",
         f"reference player: {ref_note if ref_python else 'NOT RUN: ' + ref_note}",
         f"server: aiosendspin 10 test harness ({server_python})",
     ]
     for line in header:
         print(line, flush=True)
     outcomes: list[RunOutcome] = []
+    loads: list[tuple[str, float, float]] = []
     for case in cases:
         seconds = args.seconds or (case.quick_s if args.quick else case.full_s)
         print(f"-- {case.name}: {case.what}, {seconds:g} s ...", flush=True)
+        load_before = os.getloadavg()[0]
         res = await run_case(case, seconds, out, ref_python, server_python)
+        load_after = os.getloadavg()[0]
+        loads.append((case.name, load_before, load_after))
         for r in res:
             f = r.figures[0][1] if r.figures else None
             print(f"   {r.kind:<9} {'FAILED ' + str(r.error) if f is None else f'p99 {f.p99_us:.0f} us, max {f.max_us:.0f} us'}"
@@ -442,6 +477,8 @@ async def amain(args: argparse.Namespace) -> int:
         report.append(f"plot: {png}")
     except Exception as exc:  # noqa: BLE001
         report.append(f"plot FAILED: {exc!r}")
+    report.append("system load (1-min average, before/after each case; this bench alone adds ~1): "
+                  + ", ".join(f"{n} {a:.1f}/{b:.1f}" for n, a, b in loads))
     report.append(f"results: {out / 'results.json'}   runs: {out / 'runs'}")
     report.append(f"wall time: {time.monotonic() - t_start:.0f} s")
     text = "\n".join(report)

@@ -200,7 +200,7 @@ def test_mid_stream_rate_change_reopens_the_device_and_stays_on_time(tmp_path):
         async with start_test_server(find_server_python(), port=0) as srv:
             cmd = [sys.executable, "-m", "resonate_embedded.cli", "run", "--server", srv.url,
                    "--device", f"paced:LOG={log_path}", "--state-dir", str(tmp_path / "state"),
-                   "--formats", "pcm:48000:16:2,pcm:44100:16:2"]
+                   "--formats", "pcm:48000:16:2,pcm:44100:16:2", "--encryption", "off"]
             with open(tmp_path / "player.log", "wb") as out:
                 proc = await trio.lowlevel.open_process(cmd, stdout=out, stderr=subprocess.STDOUT)
             try:

@@ -66,7 +66,7 @@ def test_hostile_server_input_is_survived(tmp_path):
             servers = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
             port = servers.port
             player = Player(Config(server=f"ws://127.0.0.1:{port}/sendspin", device="paced",
-                                   state_dir=tmp_path))
+                                   state_dir=tmp_path, encryption="off"))
             nursery.start_soon(player.run)
             with trio.fail_after(20):
                 while not any(m["type"] == "client/state" and
@@ -95,7 +95,7 @@ def test_speaker_comes_back_after_a_server_restart(tmp_path):
     async def main():
         cmd = [sys.executable, "-m", "resonate_embedded.cli", "run",
                "--server", f"ws://127.0.0.1:{port}/sendspin", "--device", f"paced:LOG={log}",
-               "--state-dir", str(tmp_path / "state"), "--formats", "pcm:48000:16:2"]
+               "--state-dir", str(tmp_path / "state"), "--formats", "pcm:48000:16:2", "--encryption", "off"]
         with open(tmp_path / "player.log", "wb") as out:
             proc = await trio.lowlevel.open_process(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -58,3 +58,17 @@ def test_state_survives_and_corruption_gives_defaults(tmp_path: Path):
     (tmp_path / "state.json").write_text('{"volume": "loud", "muted": true}')
     st = StateStore(tmp_path).load()
     assert (st.volume, st.muted) == (100, True)
+
+
+def test_connection_mode_settings():
+    from resonate_embedded.cli import main  # noqa: F401 - the flags parse into these keys
+
+    cfg = build_config({}, {"listen_port": 9000, "advertise_resonate": True})
+    assert (cfg.server, cfg.discover, cfg.listen_port, cfg.advertise_resonate) == (None, False, 9000, True)
+    assert build_config({}, {}).listen_port == 8928
+    with pytest.raises(ConfigError, match="listen_port"):
+        build_config({}, {"listen_port": 70000})
+    with pytest.raises(ConfigError, match="discover"):
+        build_config({}, {"server": "ws://h:8927/sendspin", "discover": True})
+    with pytest.raises(ConfigError, match="discover"):
+        build_config({}, {"discover": "yes"})

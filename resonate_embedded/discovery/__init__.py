@@ -1,0 +1,1 @@
+"""Finding servers and being found by them (mDNS / DNS-SD)."""

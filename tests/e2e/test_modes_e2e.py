@@ -1,0 +1,163 @@
+"""End to end: the player process in its connection modes, against real servers.
+
+* server-initiated (``run`` without ``--server``): an aiosendspin 10 server dials the
+  player's listener (``connect_to_client``) and the audio plays on time;
+* ``--server ws://…/resonate``: aioresonate 0.13.2 (the Resonate dialect) plays bit-exact,
+  contiguous and on time once its CLOCK_MONOTONIC stamps are converted to RAW;
+* ``--server ws://…/sendspin``: aiosendspin 2.x (plain Sendspin v1, no Noise) plays
+  bit-exact and contiguous.
+
+Ground truth as in ``test_player_e2e.py``: the paced device's play log matched frame by
+frame (index signal) to the harness's chunk log.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from resonate_embedded.bench.harness import (
+    RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_resonate_python, find_sendspin2_python,
+    find_server_python, start_test_server,
+)
+from resonate_embedded.bench.measure import ChunkTable, Matched, match, summarize
+from resonate_embedded.bench.scenario import stop_process
+from resonate_embedded.paced.log import read_paced_log
+
+pytestmark = pytest.mark.e2e
+
+S10_PYTHON = find_server_python()
+R_PYTHON = find_resonate_python()
+S1_PYTHON = find_sendspin2_python()
+LEGACY = "run resonate_embedded/bench/setup_legacy_venvs.sh"
+ON_TIME_US = 1000
+TIMEOUT = 60.0
+SOURCE = {"sample_rate": 48000, "bit_depth": 16, "channels": 2}
+OFFER = "pcm:48000:16:2"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def player_cmd(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "resonate_embedded.cli", "run",
+            "--device", f"paced:LOG={tmp_path / 'play.plog'}", "--state-dir", str(tmp_path / "state"),
+            "--formats", OFFER, *args]
+
+
+async def play(srv: TestServer, tmp_path: Path, args: list[str], before_start=None,
+               duration_s: float = 4.0) -> list[dict]:
+    """Start the player, let ``srv`` stream ``duration_s`` of the index signal to it, stop it."""
+    with open(tmp_path / "player.log", "wb") as out:
+        proc = await trio.lowlevel.open_process(player_cmd(tmp_path, *args), stdout=out,
+                                                stderr=subprocess.STDOUT)
+    try:
+        if before_start is not None:
+            await before_start(srv)
+        await srv.wait_event("client_added", TIMEOUT)
+        await trio.sleep(1.0)  # a few clock exchanges
+        mark = srv.mark()
+        await srv.command({"cmd": "start", "format": SOURCE, "duration_s": duration_s})
+        await srv.wait_event("chunk", TIMEOUT, since=mark)
+        await trio.sleep(duration_s + 2.5)
+    finally:
+        exit_code = await stop_process(proc)
+    assert exit_code == 0, (tmp_path / "player.log").read_text()[-3000:]
+    return list(srv.events)
+
+
+def chunk_table(events: list[dict], shift_us: int = 0) -> ChunkTable:
+    chunks = [dict(e, server_ts_us=e["server_ts_us"] + shift_us,
+                   format=e.get("format") or SOURCE)
+              for e in events if e.get("event") == "chunk"]
+    return ChunkTable.from_events(chunks)
+
+
+def assert_bit_exact_and_contiguous(m: Matched, seconds: float, tmp_path: Path) -> None:
+    log = (tmp_path / "player.log").read_text()[-3000:]
+    assert m.k.size >= seconds * 48000 * 0.9, f"only {m.k.size} frames identified\n{log}"
+    assert m.unidentified_frames == 0
+    steps = np.diff(m.k)
+    corrections = int((steps != 1).sum())
+    assert np.all(np.isin(steps, (0, 1, 2))), "a gap or jump in the played frames"
+    assert corrections <= 2 * m.k.size / 48000 + 2, corrections
+    assert (~m.bit_exact).sum() <= corrections, f"{(~m.bit_exact).sum()} frames not bit-exact"
+
+
+def raw_minus_server_us(ready: dict) -> int:
+    """How far the server's clock (µs) is behind CLOCK_MONOTONIC_RAW, from ``ready``."""
+    diffs = ready["clock_diffs_us"]  # server now − clock, per kernel clock
+    return -int(diffs["CLOCK_MONOTONIC_RAW"])
+
+
+@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+def test_server_initiated_mode_is_dialled_and_plays_on_time(tmp_path):
+    port = free_port()
+
+    async def dial(srv: TestServer) -> None:
+        url = f"ws://127.0.0.1:{port}/sendspin"
+        with trio.fail_after(30):
+            while True:  # until the player's listener is up
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+        await srv.command({"cmd": "connect_to_client", "url": url})
+
+    async def main():
+        async with start_test_server(S10_PYTHON, port=0) as srv:
+            return await play(srv, tmp_path, ["--listen-port", str(port)], before_start=dial)
+
+    events = trio.run(main)
+    m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert "server connected from" in (tmp_path / "player.log").read_text()
+
+
+@pytest.mark.skipif(R_PYTHON is None, reason=LEGACY)
+def test_resonate_server_plays_bit_exact_and_on_time(tmp_path):
+    async def main():
+        async with start_test_server(R_PYTHON, port=0, script=RESONATE_SCRIPT) as srv:
+            assert srv.url.endswith("/resonate")
+            return srv.ready, await play(srv, tmp_path, ["--server", srv.url])
+
+    ready, events = trio.run(main)
+    added = next(e for e in events if e.get("event") == "client_added")
+    assert added["roles"] == ["player"]
+    # aioresonate stamps in CLOCK_MONOTONIC; the paced log is in CLOCK_MONOTONIC_RAW
+    m = match(read_paced_log(tmp_path / "play.plog"),
+              chunk_table(events, raw_minus_server_us(ready)))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    player_log = (tmp_path / "player.log").read_text()
+    assert "Resonate dialect" in player_log
+    assert "encrypted" not in player_log  # a /resonate URL skips the Noise attempt
+
+
+@pytest.mark.skipif(S1_PYTHON is None, reason=LEGACY)
+def test_sendspin_v1_server_plays_bit_exact(tmp_path):
+    async def main():
+        async with start_test_server(S1_PYTHON, port=0, script=SENDSPIN_V1_SCRIPT) as srv:
+            assert srv.url.endswith("/sendspin")
+            assert srv.ready["library_version"].startswith("2.")
+            return srv.ready, await play(srv, tmp_path, ["--server", srv.url])
+
+    ready, events = trio.run(main)
+    m = match(read_paced_log(tmp_path / "play.plog"),
+              chunk_table(events, raw_minus_server_us(ready)))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
