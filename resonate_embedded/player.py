@@ -40,12 +40,16 @@ from resonate_embedded.protocol.resonate_dialect import (
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
 from resonate_embedded.state_store import StateStore, adopt_client_id
 from resonate_embedded.status import format_status
+from resonate_embedded.systemd import Notifier
+from resonate_embedded.clock.local import local_now_us
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_SESSION_S = 10.0
+STATUS_INTERVAL_S = 5.0
+WRITER_STALL_US = 3_000_000
 DISCOVER_TIMEOUT_S = 10.0
 
 
@@ -122,8 +126,25 @@ class Player:
             else:
                 nursery.start_soon(self._listen)  # server-initiated: servers dial us
             nursery.start_soon(self._stop_on_signal)
+            nursery.start_soon(self._notify_systemd)
             if self.config.stats:
                 nursery.start_soon(self._print_status)
+
+    async def _notify_systemd(self) -> None:
+        """READY=1 at start; STATUS= the status line; WATCHDOG=1 only while the writer
+        makes progress (a hung writer stops the pings and systemd restarts us)."""
+        notifier = Notifier()
+        if not notifier.enabled:
+            return
+        notifier.notify(READY="1", STATUS="starting")
+        interval = notifier.watchdog_interval_s() or STATUS_INTERVAL_S
+        while True:
+            await trio.sleep(min(interval, STATUS_INTERVAL_S))
+            stale_us = local_now_us() - self.writer.stats.heartbeat_local_us
+            fields = {"STATUS": format_status(self)}
+            if stale_us < WRITER_STALL_US:
+                fields["WATCHDOG"] = "1"
+            notifier.notify(**fields)
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Say goodbye to the server and end :meth:`run`."""

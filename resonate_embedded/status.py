@@ -18,4 +18,6 @@ def format_status(player) -> str:
     return (f"[{stats.state}] {server} {fmt} | {clock} | error {stats.error_us:+d} us "
             f"corr {stats.correction_ppm:+d} ppm (-{stats.frames_dropped}/+{stats.frames_inserted}) "
             f"dac {stats.dac_ppm if stats.dac_ppm is not None else float('nan'):+.1f} ppm "
-            f"| buffer {stats.buffered_ms} ms | underruns {stats.underruns}")
+            f"| rtt {player.clock.last_rtt_us if player.clock.last_rtt_us is not None else '-'} us "
+            f"| dac queue {stats.queued_device_frames} fr, buffer {stats.buffered_ms} ms "
+            f"| underruns {stats.underruns}")

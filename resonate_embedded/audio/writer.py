@@ -64,7 +64,6 @@ class WriterStats:
     queued_device_frames: int = 0
     buffered_ms: int = 0
     dac_ppm: float | None = None
-    first_audio_local_us: int | None = None
     heartbeat_local_us: int = 0  # last time the task made progress (for the watchdog)
 
 
@@ -227,8 +226,6 @@ class Writer:
         offset = self._clock.mapping.offset_us if self._clock.mapping else float("nan")
         log.info("audio start aligned %+d frames from the first chunk (clock offset %+.1f us)",
                  position - first, offset)
-        if self.stats.first_audio_local_us is None:
-            self.stats.first_audio_local_us = local_now_ns() // 1000
         self._emit("synchronized")
 
     def _hard_resync(self, out: AlsaOutput, seg: Segment, position: int, error_us: int) -> int:
