@@ -58,41 +58,25 @@ class HarnessCommandError(HarnessError):
 
 
 def find_server_python() -> str | None:
-    """Return a Python >= 3.12 that can import aiosendspin 10.x, or None.
+    """Return a Python >= 3.12 that can import aiosendspin 10.x (and PyAV), or None.
 
     Order: $SENDSPIN_SERVER_PYTHON, <repo>/.venv-server/bin/python, /tmp/venv312/bin/python.
     """
-    candidates = []
-    if os.environ.get("SENDSPIN_SERVER_PYTHON"):
-        candidates.append(os.environ["SENDSPIN_SERVER_PYTHON"])
-    candidates.append(str(REPO_ROOT / ".venv-server" / "bin" / "python"))
-    candidates.append("/tmp/venv312/bin/python")
-    probe = (
-        "import importlib.metadata as m, sys; "
-        "v = m.version('aiosendspin'); import av, numpy; "
-        "sys.exit(0 if v.split('.')[0] == '10' else 3)"
-    )
-    for cand in candidates:
-        if not cand or not (Path(cand).exists() or shutil.which(cand)):
-            continue
-        try:
-            res = subprocess.run([cand, "-c", probe], capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if res.returncode == 0:
-            return cand
-    return None
+    return _find_python("SENDSPIN_SERVER_PYTHON", ".venv-server", "aiosendspin", "10.",
+                        extra=("/tmp/venv312/bin/python",), also_import="av")
 
 
-def _find_python(env_var: str, venv: str, dist: str, version_prefix: str) -> str | None:
-    """$`env_var`, else <repo>/`venv`/bin/python, if it imports `dist` at `version_prefix`*."""
-    candidates = [os.environ.get(env_var), str(REPO_ROOT / venv / "bin" / "python")]
+def _find_python(env_var: str, venv: str, dist: str, version_prefix: str,
+                 extra: tuple[str, ...] = (), also_import: str = "numpy") -> str | None:
+    """$`env_var`, else <repo>/`venv`/bin/python (else `extra`), if it imports `dist`
+    at `version_prefix`* plus numpy and `also_import`."""
+    candidates = [os.environ.get(env_var), str(REPO_ROOT / venv / "bin" / "python"), *extra]
     probe = (
-        "import importlib.metadata as m, sys; import numpy; "
+        f"import importlib.metadata as m, sys; import numpy, {also_import}; "
         f"sys.exit(0 if m.version({dist!r}).startswith({version_prefix!r}) else 3)"
     )
     for cand in candidates:
-        if not cand or not Path(cand).exists():
+        if not cand or not (Path(cand).exists() or shutil.which(cand)):
             continue
         try:
             res = subprocess.run([cand, "-c", probe], capture_output=True, timeout=60)
