@@ -15,28 +15,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 dir="${1:-$repo}"
 
-pick_python() {
-    if [[ -n "${SENDSPIN_SERVER_BASE_PYTHON:-}" ]]; then
-        echo "$SENDSPIN_SERVER_BASE_PYTHON"
-        return
-    fi
-    if command -v pyenv >/dev/null 2>&1; then
-        local prefix v
-        for v in 3.12.1 $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -rV); do
-            if prefix="$(pyenv prefix "$v" 2>/dev/null)" && [[ -x "$prefix/bin/python" ]]; then
-                echo "$prefix/bin/python"
-                return
-            fi
-        done
-    fi
-    if command -v python3.12 >/dev/null 2>&1; then
-        command -v python3.12
-        return
-    fi
-    echo "error: no Python 3.12 found (install pyenv 3.12.1 or python3.12," \
-         "or set SENDSPIN_SERVER_BASE_PYTHON)" >&2
-    exit 1
-}
+# shellcheck source=python312.sh
+source "$here/python312.sh"
 
 # venv_ok VENV DIST MAJOR_PREFIX IMPORT: the venv's DIST version starts with MAJOR_PREFIX
 # and IMPORT works.

@@ -15,34 +15,8 @@ venv="${1:-$repo/.venv-server}"
 # (PyAV for FLAC/Opus encoding and resampling, numpy, pillow).
 reqs=("aiosendspin[server]>=10,<11" "av>=15" "numpy>=1.26")
 
-pick_python() {
-    if [[ -n "${SENDSPIN_SERVER_BASE_PYTHON:-}" ]]; then
-        echo "$SENDSPIN_SERVER_BASE_PYTHON"
-        return
-    fi
-    if command -v pyenv >/dev/null 2>&1; then
-        local prefix
-        if prefix="$(pyenv prefix 3.12.1 2>/dev/null)" && [[ -x "$prefix/bin/python" ]]; then
-            echo "$prefix/bin/python"
-            return
-        fi
-        # Any installed 3.12.x
-        local v
-        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | sort -rV); do
-            if prefix="$(pyenv prefix "$v" 2>/dev/null)" && [[ -x "$prefix/bin/python" ]]; then
-                echo "$prefix/bin/python"
-                return
-            fi
-        done
-    fi
-    if command -v python3.12 >/dev/null 2>&1; then
-        command -v python3.12
-        return
-    fi
-    echo "error: no Python 3.12 found (install pyenv 3.12.1 or python3.12," \
-         "or set SENDSPIN_SERVER_BASE_PYTHON)" >&2
-    exit 1
-}
+# shellcheck source=python312.sh
+source "$here/python312.sh"
 
 venv_ok() {
     [[ -x "$venv/bin/python" ]] || return 1
