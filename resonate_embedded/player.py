@@ -65,6 +65,9 @@ class _Dialled:
         self.player.session = self.session
         try:
             await self.session.serve()
+        except* (ConnectionClosed, trio.BrokenResourceError) as group:
+            log.info("server %s closed the connection (%s)", self.candidate.server_id,
+                     group.exceptions[0])
         finally:
             if self.player.session is self.session:
                 self.player.session = None
@@ -73,8 +76,15 @@ class _Dialled:
                 scope.shield = True
                 await self.player._to_writer.send(EndStream())
 
+    @property
+    def pairing_attempt_active(self) -> bool:
+        return self.session.pairing_attempt_active
+
     async def goodbye(self, reason: str) -> None:
         await self.session.goodbye(reason)
+
+    async def abort_pairing(self, reason: str) -> None:
+        await self.session.abort_pairing(reason)
 
 
 class Player:
@@ -275,23 +285,53 @@ class Player:
                                 lambda: self.state.last_played_server_id).run(listener.incoming)
 
     async def _provisional(self, conn: IncomingConnection) -> _Dialled | None:
-        if self.config.encryption == "required":
-            # Incoming connections are plaintext only (no Noise responder yet).
-            log.warning("%s: refusing a plaintext connection: encryption is required", conn.remote)
+        """A server dialled us: the encrypted handshake first, as on the way out; then the
+        hello exchange (and, encrypted, the first ``server/activate``) that ranks it."""
+        channel = await self._secure_incoming(conn)
+        if channel is None:
             return None
-        session = self._new_session(conn, None, conn.dialect)
+        session = self._new_session(channel, None, conn.dialect)
         try:
             h = await session.handshake()
         except SessionRefused as exc:
             log.error("%s: %s", conn.remote, exc)
             return None
-        if self.pairings.by_server_id(h.server_id) is not None:
-            # no downgrade: a server paired with us must use its long-term key
-            log.warning("%s: refusing plaintext from paired server %s", conn.remote, h.server_id)
-            await conn.close()
-            return None
+        if channel is not conn:
+            if channel.psk_category == "lt":
+                self.pairings.mark_used(channel.server_id)
+            return _Dialled(self, session, Candidate(channel.server_id, session.activities,
+                                                     encrypted=True))
         return _Dialled(self, session, Candidate.from_connection_reason(h.server_id,
                                                                         h.connection_reason))
+
+    async def _secure_incoming(self, conn: IncomingConnection):
+        """The channel to speak on: Noise (``client/init`` first), or the plaintext socket for
+        a Resonate path or a server that leaves ``client/init`` unanswered (v1 servers drop
+        it and wait for ``client/hello`` on the same socket); None when refused.  A server
+        that holds a pairing with us is still turned away in plaintext, after its hello."""
+        policy = self.config.encryption
+        if conn.dialect == "resonate" or policy == "off":
+            if policy == "required":
+                log.warning("%s: refusing a Resonate connection: it cannot encrypt and "
+                            "encryption is required", conn.remote)
+                return None
+            return conn
+        try:
+            return await client_handshake(
+                conn, self.identity, self._resolver, keep_open_if_silent=policy != "required",
+                first_reply_timeout_s=HANDSHAKE_TIMEOUT_S if policy == "required"
+                else FIRST_REPLY_TIMEOUT_S)
+        except NotNoiseServer as exc:
+            if policy == "required" or not exc.still_open:
+                log.warning("%s: not an encrypted Sendspin server (%s)%s", conn.remote, exc,
+                            ": encryption is required" if policy == "required" else "")
+                return None
+            log.info("%s: server does not speak encrypted Sendspin (%s): plaintext",
+                     conn.remote, exc)
+            return conn
+        except HandshakeFailed as exc:
+            log.warning("%s: encrypted handshake failed: %s", conn.remote, exc)
+            return None
 
     async def _print_status(self) -> None:
         while True:

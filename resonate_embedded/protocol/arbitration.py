@@ -1,19 +1,29 @@
-"""Several servers dialling one speaker: admit one, say goodbye to the others.
+"""Several servers dialling one speaker: admit one, turn the others away.
 
-The rules (spec ``connection.md`` "Multiple servers"; PROTOCOL.md §1):
+The rules (spec ``connection.md`` "Multiple servers (server-initiated)"; PROTOCOL.md §1):
 
-* a connection ranks by its highest activity: ``playback`` > ``pairing`` > none.  A
-  plain Sendspin v1 server says ``connection_reason: "playback"`` (rank of playback) or
-  ``"discovery"`` (no activity); Resonate servers say nothing (no activity);
+* a connection ranks by its highest activity: ``playback`` > ``pairing`` > none.  An
+  encrypted server declares them in its first ``server/activate`` (the connection is
+  provisional until then); a plain Sendspin v1 server says ``connection_reason:
+  "playback"`` (rank of playback) or ``"discovery"`` (no activity); Resonate servers say
+  nothing (no activity);
 * after its handshake, an incoming connection is admitted if it ranks higher than or
   equal to the held one, and rejected if lower; when both have no activity, it is
-  admitted only if it is the last-played server and the held one is not;
+  admitted only if it is the last-playback server and the held one is not;
+* a pairing attempt in progress is not displaced by anyone (an incoming ``playback`` or
+  ``pairing`` connection is rejected); we never hold a pairing connection alongside a
+  playback one (the spec's optional exception), so an incoming pairing connection that
+  loses is rejected with ``pair/abort concurrent_attempt``;
 * ours, beyond the spec: a server reconnecting (same ``server_id`` as the held
   connection) always replaces its old, probably dead, connection, which is closed
   without a goodbye (a goodbye there could tell the server to stay away);
-* the loser gets ``client/goodbye`` (``another_server`` by default) and is closed;
-* a connection that has not finished its handshake within 30 s is dropped, and at most
-  ``max_provisional`` handshakes run at once (more are closed at once).
+* the loser gets ``pair/abort concurrent_attempt`` if its activities include pairing,
+  otherwise ``client/goodbye``: ``another_server`` when displaced, ``concurrent_attempt``
+  when rejected (``another_server`` to plaintext v1 servers, which do not know the
+  newer reason); then it is closed;
+* a connection that has not finished its handshake (encrypted: its first
+  ``server/activate``) within 30 s is dropped, and at most ``max_provisional``
+  handshakes run at once (more are closed at once).
 
 :func:`admits` is the pure decision; :class:`Admission` runs it over the connections
 of a :class:`~resonate_embedded.protocol.listener.Listener`.
@@ -35,8 +45,9 @@ log = logging.getLogger(__name__)
 PROVISIONAL_TIMEOUT_S = 30.0
 MAX_PROVISIONAL = 4
 DISPLACED_REASON = "another_server"
-# The current spec says "concurrent_attempt" for a rejected newcomer; v1 servers do not know it.
-REJECTED_REASON = "another_server"
+REJECTED_REASON = "concurrent_attempt"
+LEGACY_REJECTED_REASON = "another_server"  # plaintext v1 servers do not know concurrent_attempt
+PAIRING_ABORT_REASON = "concurrent_attempt"
 _RANK = {"playback": 2, "pairing": 1}
 
 
@@ -46,6 +57,7 @@ class Candidate:
 
     server_id: str
     activities: frozenset[str] = frozenset()
+    encrypted: bool = False
 
     @classmethod
     def from_connection_reason(cls, server_id: str, reason: str | None) -> Candidate:
@@ -58,10 +70,18 @@ class Candidate:
         return max((_RANK.get(a, 0) for a in self.activities), default=0)
 
 
-def admits(held: Candidate | None, incoming: Candidate, last_played: str | None) -> bool:
+    @property
+    def pairing(self) -> bool:
+        return "pairing" in self.activities
+
+
+def admits(held: Candidate | None, incoming: Candidate, last_played: str | None,
+           held_pairing_attempt: bool = False) -> bool:
     """Whether ``incoming`` takes over from ``held`` (see the module docstring)."""
     if held is None or incoming.server_id == held.server_id:
         return True
+    if held_pairing_attempt:
+        return False
     if incoming.rank != held.rank:
         return incoming.rank > held.rank
     if incoming.rank > 0:
@@ -74,11 +94,26 @@ class Provisional(Protocol):
 
     candidate: Candidate
 
+    @property
+    def pairing_attempt_active(self) -> bool:
+        """A pairing attempt is under way on this connection."""
+
     async def serve(self) -> None:
         """Run the admitted session until it ends (cancelled when displaced)."""
 
     async def goodbye(self, reason: str) -> None:
         """Send ``client/goodbye`` (best effort, bounded in time; nothing for Resonate)."""
+
+    async def abort_pairing(self, reason: str) -> None:
+        """Send ``pair/abort`` (best effort, bounded in time)."""
+
+
+async def _turn_away(provisional: Provisional, reason: str) -> None:
+    """The loser's last message: ``pair/abort`` for a pairing connection, else the goodbye."""
+    if provisional.candidate.pairing:
+        await provisional.abort_pairing(PAIRING_ABORT_REASON)
+    else:
+        await provisional.goodbye(reason)
 
 
 Handshake = Callable[[IncomingConnection], Awaitable[Provisional | None]]
@@ -162,16 +197,19 @@ class Admission:
         async with self._lock:
             old = self._held
             new = provisional.candidate
-            if old is not None and not admits(old.provisional.candidate, new, self.last_played()):
-                log.info("keeping server %s; rejecting %s", old.provisional.candidate.server_id,
+            if old is not None and not admits(old.provisional.candidate, new, self.last_played(),
+                                              old.provisional.pairing_attempt_active):
+                log.info("keeping server %s%s; rejecting %s", old.provisional.candidate.server_id,
+                         " (pairing in progress)" if old.provisional.pairing_attempt_active else "",
                          new.server_id)
-                await provisional.goodbye(REJECTED_REASON)
+                await _turn_away(provisional, REJECTED_REASON if new.encrypted
+                                 else LEGACY_REJECTED_REASON)
                 return None
             if old is not None:
                 log.info("server %s displaces %s", new.server_id,
                          old.provisional.candidate.server_id)
                 if old.provisional.candidate.server_id != new.server_id:
-                    await old.provisional.goodbye(DISPLACED_REASON)
+                    await _turn_away(old.provisional, DISPLACED_REASON)
                 old.scope.cancel()
                 await old.done.wait()
             self._held = _Held(provisional, trio.CancelScope())

@@ -87,7 +87,14 @@ class InitRejected(HandshakeFailed):
 
 
 class NotNoiseServer(Exception):
-    """The server did not answer ``client/init`` the way a Noise-speaking server does."""
+    """The server did not answer ``client/init`` the way a Noise-speaking server does.
+
+    ``still_open``: the server said nothing at all and the socket was left open, so the
+    plaintext hello may follow on it."""
+
+    def __init__(self, why: str, still_open: bool = False) -> None:
+        super().__init__(why)
+        self.still_open = still_open
 
 
 class ChannelBroken(ConnectionClosed):
@@ -276,13 +283,16 @@ async def _silent_close(conn: Connection) -> None:
 async def client_handshake(conn: Connection, identity: Identity, resolver: PskResolver, *,
                            suite: str = SUITE_CHACHAPOLY,
                            first_reply_timeout_s: float = FIRST_REPLY_TIMEOUT_S,
-                           timeout_s: float = HANDSHAKE_TIMEOUT_S) -> SecureConnection:
+                           timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                           keep_open_if_silent: bool = False) -> SecureConnection:
     """Run the responder handshake over a fresh WebSocket; returns the encrypted channel.
 
     Raises :class:`NotNoiseServer` if the first reply to ``client/init`` is not what a
     Noise-speaking server sends (nothing, a close, or some other message): the caller
-    decides whether plaintext is allowed there.  Raises :class:`HandshakeFailed` (the
-    connection already closed silently) for everything else.
+    decides whether plaintext is allowed there.  The connection is closed then, except
+    when nothing at all came and ``keep_open_if_silent`` (``still_open`` is set).
+    Raises :class:`HandshakeFailed` (the connection already closed silently) for
+    everything else.
     """
     init_text = client_init_json(identity.client_id, suite)
     await conn.send_text(init_text)
@@ -306,7 +316,10 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
                         server_id, {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}[category])
             matched = SENTINEL
         await conn.send_text(handshake_json(responder.write_message_2(matched.psk)))
-    except NotNoiseServer:
+    except NotNoiseServer as exc:
+        if keep_open_if_silent and exc.still_open:
+            raise
+        exc.still_open = False
         await _silent_close(conn)
         raise
     except HandshakeFailed:
@@ -334,7 +347,7 @@ async def _first_reply(conn: Connection, timeout_s: float) -> str:
         except HandshakeFailed as exc:
             raise NotNoiseServer(f"answered client/init with {exc}") from None
         return received.data
-    raise NotNoiseServer(f"no answer to client/init within {timeout_s:g} s")
+    raise NotNoiseServer(f"no answer to client/init within {timeout_s:g} s", still_open=True)
 
 
 # --------------------------------------------------------------------------- transport

@@ -111,6 +111,7 @@ class Session:
         self._pairing_psk: bytes | None = None  # the long-term PSK offered in client/pair-finalize
         self._pairing_deadline: float | None = None
         self._pairing_started = trio.Event()
+        self._deferred_pairing: ServerActivate | None = None  # pairing asked before serve()
         self._nursery: trio.Nursery | None = None
         self._code_attempt = None  # resonate_embedded.pairing.DynamicCodeAttempt
         self._speaking = False
@@ -145,7 +146,8 @@ class Session:
         return await self._handshake(server_hello)
 
     async def serve(self) -> None:
-        """Clock sync, writer events and the receive loop, until the connection closes."""
+        """Clock sync, writer events and the receive loop, until the connection closes.
+        A pairing the activation asked for starts here, once the connection is admitted."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._clock.run, self._conn.send_text, self._time_replies)
@@ -153,8 +155,33 @@ class Session:
             if self._secure:
                 nursery.start_soon(self._initial_state_when_synced)
                 nursery.start_soon(self._pairing_timeout)
+                if self._deferred_pairing is not None:
+                    msg, self._deferred_pairing = self._deferred_pairing, None
+                    await self._start_pairing(msg)
             await self._receive_loop()
             nursery.cancel_scope.cancel()
+
+    @property
+    def activities(self) -> frozenset[str]:
+        """The activities of the last admissible ``server/activate`` (empty in plaintext)."""
+        return frozenset(self._activities)
+
+    @property
+    def pairing_attempt_active(self) -> bool:
+        """A pairing attempt is under way (spec: it is not displaced by another server)."""
+        return self._pairing_psk is not None or self._code_attempt is not None
+
+    async def abort_pairing(self, reason: str) -> None:
+        """``pair/abort`` with ``reason`` (bounded in time), ending any attempt in progress."""
+        self._deferred_pairing = None
+        self._end_pairing_attempt()
+        await self._stop_speaking()
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            try:
+                await self._conn.send_text(pair_abort_json(reason))
+            except (ConnectionClosed, trio.BrokenResourceError, OSError):
+                pass
 
     async def goodbye(self, reason: str) -> None:
         if self._resonate:
@@ -378,7 +405,10 @@ class Session:
                 self._initial_state_due = False
                 await self._conn.send_text(self._full_state("synchronized").to_json())
         if "pairing" in activities:
-            await self._start_pairing(msg)
+            if self._nursery is None:  # provisional: pair only once admitted
+                self._deferred_pairing = msg
+            else:
+                await self._start_pairing(msg)
 
     def _pairing_acceptable(self, msg: ServerActivate) -> bool:
         """Spec: pairing_psk if and only if the matched PSK is the pairing PSK; otherwise only a

@@ -115,6 +115,7 @@ def test_resonate_dials_the_listener_on_its_path():
 class V1Provisional:
     conn: Connection
     candidate: Candidate
+    pairing_attempt_active = False
 
     async def serve(self) -> None:
         try:
@@ -126,6 +127,9 @@ class V1Provisional:
     async def goodbye(self, reason: str) -> None:
         with trio.move_on_after(2):
             await self.conn.send_text(client_goodbye_json(reason))
+
+    async def abort_pairing(self, reason: str) -> None:
+        raise AssertionError("a plaintext v1 server never pairs")
 
 
 async def provisional(conn: IncomingConnection) -> V1Provisional | None:

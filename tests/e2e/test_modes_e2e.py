@@ -13,6 +13,7 @@ frame (index signal) to the harness's chunk log.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -161,3 +162,113 @@ def test_sendspin_v1_server_plays_bit_exact(tmp_path):
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+
+
+async def wait_listening(port: int) -> None:
+    with trio.fail_after(30):
+        while True:  # until the player's listener is up
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                return
+            except OSError:
+                await trio.sleep(0.1)
+
+
+async def connected(srv: TestServer, since: int) -> dict:
+    """The server's next connection of our player (first time: client_added)."""
+    return await srv.wait_event(None, TIMEOUT, since=since, predicate=lambda e: e.get("event") in (
+        "client_added", "client_connected"))
+
+
+async def goodbye_reason(srv: TestServer, since: int) -> str | None:
+    return (await srv.wait_event("client_disconnected", TIMEOUT, since=since))["goodbye_reason"]
+
+
+@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+def test_two_servers_compete_and_the_last_playback_server_wins_after_a_restart(tmp_path):
+    """Two encrypted aiosendspin 10 servers dial the player process: a playback dial
+    displaces a discovery one (``another_server``), a later discovery dial is turned away
+    (``concurrent_attempt``); after the player restarts, of two discovery dials the
+    persisted last-playback server wins."""
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/sendspin"
+    state = tmp_path / "state"
+
+    async def player(name: str) -> trio.Process:
+        with open(tmp_path / f"{name}.log", "wb") as out:
+            proc = await trio.lowlevel.open_process(
+                player_cmd(tmp_path, "--listen-port", str(port), "--name", "contested"),
+                stdout=out, stderr=subprocess.STDOUT)
+        await wait_listening(port)
+        return proc
+
+    async def dial(srv: TestServer, reason: str = "discovery") -> int:
+        mark = srv.mark()
+        await srv.command({"cmd": "connect_to_client", "url": url, "connection_reason": reason})
+        return mark
+
+    async def main():
+        async with start_test_server(S10_PYTHON, port=0, name="A") as a, \
+                start_test_server(S10_PYTHON, port=0, name="B") as b:
+            b_id = b.ready["server_id"]
+            p1 = await player("p1")
+            try:
+                await connected(a, await dial(a))
+                mark_a = a.mark()
+                await connected(b, await dial(b, "playback"))
+                assert await goodbye_reason(a, mark_a) == "another_server"
+                await a.command({"cmd": "disconnect_from_client", "url": url})
+                mark_a = await dial(a)
+                assert await goodbye_reason(a, mark_a) == "concurrent_attempt"
+                assert not b.events_of("client_disconnected")
+            finally:
+                assert await stop_process(p1) == 0
+            saved = json.loads((state / "state.json").read_text())
+            assert saved["last_played_server_id"] == b_id
+            for srv in (a, b):
+                await srv.command({"cmd": "disconnect_from_client", "url": url})
+
+            p2 = await player("p2")
+            try:
+                await connected(a, await dial(a))
+                mark_a = a.mark()
+                await connected(b, await dial(b))  # discovery too: last-playback wins the tie
+                assert await goodbye_reason(a, mark_a) == "another_server"
+            finally:
+                assert await stop_process(p2) == 0
+        return (tmp_path / "p1.log").read_text() + (tmp_path / "p2.log").read_text()
+
+    log = trio.run(main)
+    assert "Traceback" not in log
+    assert log.count("encrypted, unpaired: Sentinel PSK") >= 4
+
+
+@pytest.mark.parametrize("which", ["sendspin2", "resonate"])
+def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
+    """Server-initiated, plaintext: aiosendspin 2.x leaves ``client/init`` unanswered and
+    gets the plain hello on the same socket; aioresonate dials ``/resonate``."""
+    python, script, path = {"sendspin2": (S1_PYTHON, SENDSPIN_V1_SCRIPT, "/sendspin"),
+                            "resonate": (R_PYTHON, RESONATE_SCRIPT, "/resonate")}[which]
+    if python is None:
+        pytest.skip(LEGACY)
+    port = free_port()
+
+    async def dial(srv: TestServer) -> None:
+        await wait_listening(port)
+        await srv.command({"cmd": "connect_to_client", "url": f"ws://127.0.0.1:{port}{path}"})
+
+    async def main():
+        async with start_test_server(python, port=0, script=script) as srv:
+            return srv.ready, await play(srv, tmp_path, ["--listen-port", str(port)],
+                                         before_start=dial)
+
+    ready, events = trio.run(main)
+    m = match(read_paced_log(tmp_path / "play.plog"),
+              chunk_table(events, raw_minus_server_us(ready)))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    log = (tmp_path / "player.log").read_text()
+    assert "server connected from" in log
+    if which == "sendspin2":
+        assert "does not speak encrypted Sendspin" in log

@@ -13,8 +13,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 from resonate_embedded.protocol.arbitration import Admission, Candidate, admits
 from resonate_embedded.protocol.connection import Connection
 from resonate_embedded.protocol.listener import IncomingConnection, open_listener
-from resonate_embedded.protocol.messages import client_goodbye_json
-from resonate_embedded.protocol.resonate_dialect import await_server_hello
+from resonate_embedded.protocol.messages import client_goodbye_json, pair_abort_json
 
 PLAY = frozenset({"playback"})
 PAIR = frozenset({"pairing"})
@@ -32,10 +31,18 @@ NONE = frozenset()
     (("a", NONE), ("b", NONE), "b", True),           # ... unless the newcomer played last
     (("a", NONE), ("b", NONE), "a", False),
     (("a", PLAY), ("a", NONE), None, True),          # same server reconnecting
+    (("a", PAIR), ("b", PAIR), None, True),          # no attempt under way yet: newest wins
 ])
 def test_admission_rules(held, incoming, last_played, admitted):
     held_c = Candidate(*held) if held else None
     assert admits(held_c, Candidate(*incoming), last_played) is admitted
+
+
+@pytest.mark.parametrize("incoming", [("b", PLAY), ("b", PAIR), ("b", NONE)])
+def test_a_pairing_attempt_in_progress_is_not_displaced(incoming):
+    assert not admits(Candidate("a", PAIR), Candidate(*incoming), "b", held_pairing_attempt=True)
+    # ... except by the same server, reconnecting
+    assert admits(Candidate("a", PAIR), Candidate("a", PLAY), None, held_pairing_attempt=True)
 
 
 def test_candidate_from_v1_connection_reason():
@@ -54,25 +61,38 @@ class RawSession:
     conn: Connection
     candidate: Candidate
     served: trio.Event = attrs.field(factory=trio.Event)
+    pairing_attempt_active: bool = False
 
     async def serve(self) -> None:
         self.served.set()
         try:
             while True:
-                await self.conn.receive()
+                if (await self.conn.receive()).data == "attempt over":
+                    self.pairing_attempt_active = False
         except ConnectionClosed:
             pass
 
     async def goodbye(self, reason: str) -> None:
         await self.conn.send_text(client_goodbye_json(reason))
 
+    async def abort_pairing(self, reason: str) -> None:
+        await self.conn.send_text(pair_abort_json(reason))
+
 
 async def handshake(conn: IncomingConnection) -> RawSession | None:
+    """v1 hello; a fake server standing for an encrypted one adds (test-only) ``activities``
+    and ``attempt`` (a pairing attempt starts once admitted) to its server/hello."""
     await conn.send_text(json.dumps({"type": "client/hello", "payload": {"client_id": "p"}}))
-    hello = await await_server_hello(conn, 60)
-    if hello is None:
+    try:
+        with trio.move_on_after(60):
+            hello = json.loads((await conn.receive()).data)["payload"]
+    except ConnectionClosed:
         return None
-    return RawSession(conn, Candidate.from_connection_reason(hello.server_id, hello.connection_reason))
+    if "activities" not in hello:
+        return RawSession(conn, Candidate.from_connection_reason(hello["server_id"],
+                                                                 hello.get("connection_reason")))
+    return RawSession(conn, Candidate(hello["server_id"], frozenset(hello["activities"]), True),
+                      pairing_attempt_active=hello.get("attempt", False))
 
 
 @attrs.define(eq=False)
@@ -84,9 +104,13 @@ class FakeServer:
     received: list[dict] = attrs.field(factory=list)
     closed: trio.Event = attrs.field(factory=trio.Event)
     answer: bool = True
+    activities: tuple[str, ...] | None = None  # stands for an encrypted server's activation
+    attempt: bool = False
+    ws: object = None
 
     async def run(self, port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with open_websocket_url(f"ws://127.0.0.1:{port}/sendspin") as ws:
+            self.ws = ws
             task_status.started()
             try:
                 while True:
@@ -96,12 +120,17 @@ class FakeServer:
                         payload = {"server_id": self.server_id, "name": self.server_id, "version": 1}
                         if self.reason:
                             payload["connection_reason"] = self.reason
+                        if self.activities is not None:
+                            payload.update(activities=list(self.activities), attempt=self.attempt)
                         await ws.send_message(json.dumps({"type": "server/hello", "payload": payload}))
             except ConnectionClosed:
                 self.closed.set()
 
     def goodbyes(self) -> list[str]:
         return [m["payload"]["reason"] for m in self.received if m["type"] == "client/goodbye"]
+
+    def aborts(self) -> list[str]:
+        return [m["payload"]["reason"] for m in self.received if m["type"] == "pair/abort"]
 
 
 async def wait_until(predicate, timeout=10.0):
@@ -133,6 +162,42 @@ def test_one_admitted_losers_get_goodbye_and_are_closed():
             await wait_until(last.closed.is_set)
             assert admission.admitted == Candidate("b", PLAY) and not b.closed.is_set()
             assert b.goodbyes() == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_pairing_attempt_keeps_the_speaker_and_losers_get_the_current_reasons():
+    """Encrypted servers: a pairing attempt under way turns away playback (client/goodbye
+    concurrent_attempt) and pairing (pair/abort concurrent_attempt); once held without an
+    attempt, a playback server displaces it with pair/abort."""
+    async def main():
+        async with open_listener(0, "127.0.0.1") as listener, trio.open_nursery() as nursery:
+            admission = Admission(handshake, lambda: None)
+            nursery.start_soon(admission.run, listener.incoming)
+            pairing = FakeServer("pairing", None, activities=("pairing",), attempt=True)
+            player = FakeServer("player", None, activities=("playback",))
+            other = FakeServer("other", None, activities=("pairing",))
+            await nursery.start(pairing.run, listener.port)
+            await wait_until(lambda: admission.admitted is not None)
+            for loser in (player, other):
+                await nursery.start(loser.run, listener.port)
+                await wait_until(loser.closed.is_set)
+            assert player.goodbyes() == ["concurrent_attempt"] and player.aborts() == []
+            assert other.aborts() == ["concurrent_attempt"] and other.goodbyes() == []
+            assert admission.admitted.server_id == "pairing" and not pairing.closed.is_set()
+
+            await pairing.ws.send_message("attempt over")
+            await trio.sleep(0.2)
+            quiet = FakeServer("quiet", None, activities=("pairing",))   # no attempt yet
+            await nursery.start(quiet.run, listener.port)
+            await wait_until(lambda: admission.admitted.server_id == "quiet")
+            await wait_until(pairing.closed.is_set)                      # equal rank: newest
+            assert pairing.aborts() == ["concurrent_attempt"]
+            await nursery.start(player.run, listener.port)
+            await wait_until(lambda: admission.admitted.server_id == "player")
+            await wait_until(quiet.closed.is_set)
+            assert quiet.aborts() == ["concurrent_attempt"] and quiet.goodbyes() == []
             nursery.cancel_scope.cancel()
 
     trio.run(main)
