@@ -45,6 +45,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="find a server by mDNS and dial it (instead of being dialled)")
     p.add_argument("--advertise-resonate", action="store_true", default=None,
                    help="when being dialled: also advertise to Resonate (aioresonate) servers")
+    p.add_argument("--mdns-interface", metavar="IPV4",
+                   help="advertise and browse by mDNS only on the interface with this address")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -59,7 +61,8 @@ def make_config(args: argparse.Namespace, **overrides) -> Config:
     flags = {k: getattr(args, k, None) for k in (
         "server", "device", "name", "client_id", "volume", "state_dir", "dac_latency_us",
         "output_delay_ms", "period_us", "periods", "formats", "stats", "encryption",
-        "unpaired_access", "spoken_pairing_code", "listen_port", "discover", "advertise_resonate")}
+        "unpaired_access", "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
+        "mdns_interface")}
     flags.update(overrides)
     return build_config(file_values, flags)
 

@@ -6,6 +6,7 @@ Every value is validated on construction; a bad value raises
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ class Config:
     discover: bool = False
     # Server-initiated mode: also advertise _resonate._tcp for aioresonate servers.
     advertise_resonate: bool = False
+    # mDNS (advertising and browsing) on the interface with this IPv4 address only, and
+    # that address only in the records; default: every interface and address.
+    mdns_interface: str | None = None
 
     def __attrs_post_init__(self) -> None:
         _non_empty(self, attrs.fields(Config).name, self.name)
@@ -127,6 +131,12 @@ class Config:
             raise ConfigError(f"encryption={self.encryption!r}: must be one of {', '.join(ENCRYPTION_MODES)}")
         if self.server is not None and self.discover:
             raise ConfigError("discover=true and server: give one or the other")
+        if self.mdns_interface is not None:
+            try:
+                ipaddress.IPv4Address(self.mdns_interface)
+            except ValueError:
+                raise ConfigError(f"mdns_interface={self.mdns_interface!r}: must be an IPv4 "
+                                  "address of this host's interface") from None
         for key in ("unpaired_access", "spoken_pairing_code", "discover", "advertise_resonate"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be true or false")

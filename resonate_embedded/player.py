@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from functools import partial
 
 import attrs
 import trio
@@ -237,10 +238,14 @@ class Player:
         finally:
             self.session = None
 
+    @property
+    def _mdns_interfaces(self) -> list[str] | None:
+        return [self.config.mdns_interface] if self.config.mdns_interface else None
+
     async def _discover(self) -> str | None:
         from resonate_embedded.discovery.mdns import discover_server
 
-        server = await discover_server(DISCOVER_TIMEOUT_S)
+        server = await discover_server(DISCOVER_TIMEOUT_S, interfaces=self._mdns_interfaces)
         if server is None:
             log.warning("no server found by mDNS within %.0f s", DISCOVER_TIMEOUT_S)
             return None
@@ -278,9 +283,11 @@ class Player:
         async with open_listener(self.config.listen_port) as listener:
             log.info("waiting for servers on port %d", listener.port)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(advertise, Advertisement(
-                    self.config.client_id or self.state.client_id, self.config.name,
-                    listener.port, resonate=self.config.advertise_resonate))
+                nursery.start_soon(partial(
+                    advertise, Advertisement(self.config.client_id or self.state.client_id,
+                                             self.config.name, listener.port,
+                                             resonate=self.config.advertise_resonate),
+                    interfaces=self._mdns_interfaces, addresses=self._mdns_interfaces))
                 await Admission(self._provisional,
                                 lambda: self.state.last_played_server_id).run(listener.incoming)
 

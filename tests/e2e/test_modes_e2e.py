@@ -272,3 +272,24 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
     assert "server connected from" in log
     if which == "sendspin2":
         assert "does not speak encrypted Sendspin" in log
+
+
+@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+def test_run_without_a_server_is_found_by_mdns_and_played(tmp_path):
+    """``run`` with no server flags: listener + ``_sendspin._tcp`` advertisement (kept on
+    loopback here); a real aiosendspin 10 server browsing for clients finds it, dials it
+    (encrypted) and plays on time."""
+    port = free_port()
+
+    async def main():
+        async with start_test_server(S10_PYTHON, port=0, extra_args=["--discover-clients"]) as srv:
+            return await play(srv, tmp_path, ["--listen-port", str(port),
+                                              "--mdns-interface", "127.0.0.1"])
+
+    events = trio.run(main)
+    m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    log = (tmp_path / "player.log").read_text()
+    assert "server connected from" in log and "encrypted, unpaired" in log
