@@ -70,8 +70,17 @@ def make_config(args: argparse.Namespace, **overrides) -> Config:
 def _cmd_run(args: argparse.Namespace) -> int:
     from resonate_embedded.player import Player
 
+    from resonate_embedded.supervisor import GaveUp
+
     config = make_config(args)
-    trio.run(Player(config).run)
+    gave_up: list[GaveUp] = []
+    try:
+        trio.run(Player(config, load_config=lambda: make_config(args)).run)
+    except* GaveUp as group:
+        gave_up.extend(group.exceptions)
+    if gave_up:
+        logging.getLogger("resonate_embedded").critical("%s", gave_up[0])
+        return 70  # EX_SOFTWARE: systemd restarts us from scratch
     return 0
 
 

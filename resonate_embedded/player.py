@@ -1,10 +1,11 @@
-"""The player: one trio nursery supervising the writer and the server connection.
+"""The player: the tasks of a speaker under one supervisor (resonate_embedded.supervisor).
 
-Tasks: the ALSA writer (lives as long as the player), the connection loop
-(connect, run a session, reconnect with backoff forever) when a server URL is
-given or ``--discover``, otherwise the listener (servers dial us; mDNS advertised;
-one server admitted at a time), and optionally a status line.  SIGINT/SIGTERM end the player cleanly: ``client/goodbye`` is sent
-to the server and the device is closed.
+Tasks: the ALSA writer (lives as long as the player), the connection — the dial loop
+(connect, run a session, reconnect with backoff forever) when a server URL is given or
+``--discover``, otherwise the listener (servers dial us; mDNS advertised; one server
+admitted at a time) — the signal handler, the systemd notifier and optionally a status
+line.  SIGINT/SIGTERM end the player cleanly (``client/goodbye shutdown``, device
+closed); SIGHUP reloads the configuration.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from functools import partial
 
 import attrs
@@ -20,11 +22,11 @@ from trio_websocket import HandshakeError
 
 from resonate_embedded import __version__
 from resonate_embedded.audio.alsa_output import OutputConfig
-from resonate_embedded.audio.commands import EndStream
+from resonate_embedded.audio.commands import EndStream, SetOutputDelay, SetVolume
 from resonate_embedded.audio.decoders import decodable_formats, preload
 from resonate_embedded.audio.writer import Writer
 from resonate_embedded.clock.sync import ClockSync
-from resonate_embedded.config import Config
+from resonate_embedded.config import Config, ConfigError
 from resonate_embedded.identity import load_or_create as load_identity
 from resonate_embedded.pairing import PairingStore
 from resonate_embedded.protocol.connection import ConnectionClosed, connect
@@ -41,6 +43,7 @@ from resonate_embedded.protocol.resonate_dialect import (
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
 from resonate_embedded.state_store import StateStore, adopt_client_id
 from resonate_embedded.status import format_status
+from resonate_embedded.supervisor import Supervisor
 from resonate_embedded.systemd import Notifier
 from resonate_embedded.clock.local import local_now_us
 
@@ -51,6 +54,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_SESSION_S = 10.0
 STATUS_INTERVAL_S = 5.0
 WRITER_STALL_US = 3_000_000
+SESSION_STALL_US = 60_000_000  # twice the session's own silence limit
 DISCOVER_TIMEOUT_S = 10.0
 
 
@@ -88,8 +92,22 @@ class _Dialled:
         await self.session.abort_pairing(reason)
 
 
+def _output_config(config: Config) -> OutputConfig:
+    return OutputConfig(config.device, config.period_us, config.periods)
+
+
+# What a SIGHUP can change without a restart, by the task that has to start again.
+_OUTPUT_KEYS = {"device", "period_us", "periods", "dac_latency_us"}
+_CONNECTION_KEYS = {"server", "name", "formats", "buffer_seconds", "encryption", "unpaired_access",
+                    "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
+                    "mdns_interface", "client_id"}
+_NEEDS_RESTART = {"state_dir", "stats"}
+
+
 class Player:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config,
+                 load_config: Callable[[], Config] | None = None) -> None:
+        """``load_config`` reads the configuration again (SIGHUP); None: no reload."""
         self.config = config
         self._store = StateStore(config.state_dir)
         self.state = self._store.load()
@@ -106,11 +124,12 @@ class Player:
         self._to_writer, writer_commands = trio.open_memory_channel(4096)
         events_send, self._writer_events = trio.open_memory_channel(16)
         self.writer = Writer(
-            OutputConfig(config.device, config.period_us, config.periods), config.dac_latency_us,
+            _output_config(config), config.dac_latency_us,
             self.clock, writer_commands, events_send, self.state.volume, self.state.muted,
             self.state.output_delay_ms * 1000)
         self.session: Session | None = None
-        self._scope = trio.CancelScope()
+        self._supervisor = Supervisor()
+        self._load_config = load_config
         self._learned: dict[str, str] = {}  # url → the dialect that answered last time
 
     def hello(self) -> ClientHello:
@@ -128,22 +147,34 @@ class Player:
             formats=formats, buffer_capacity=byte_rate * self.config.buffer_seconds)
 
     async def run(self) -> None:
-        """Play until SIGINT/SIGTERM or :meth:`stop`."""
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            nursery.start_soon(self.writer.run)
-            if self.config.server or self.config.discover:
-                nursery.start_soon(self._connection_loop)  # client-initiated: we dial
-            else:
-                nursery.start_soon(self._listen)  # server-initiated: servers dial us
-            nursery.start_soon(self._stop_on_signal)
-            nursery.start_soon(self._notify_systemd)
-            if self.config.stats:
-                nursery.start_soon(self._print_status)
+        """Play until SIGINT/SIGTERM or :meth:`stop`; every task under one supervisor.
+        Raises :class:`~resonate_embedded.supervisor.GaveUp` when tasks keep failing."""
+        sup = self._supervisor
+        sup.add("writer", self.writer.run)
+        sup.add("connection", self._connection)
+        sup.add("signals", self._on_signals)
+        sup.add("systemd", self._notify_systemd)
+        if self.config.stats:
+            sup.add("status line", self._print_status)
+        await sup.run()
+
+    async def _connection(self) -> None:
+        if self.config.server or self.config.discover:
+            await self._connection_loop()  # client-initiated: we dial
+        else:
+            await self._listen()  # server-initiated: servers dial us
+
+    def alive(self) -> bool:
+        """The writer makes progress and the session (if any) hears from its server: what
+        the systemd watchdog is fed on (a hung writer or session stops the pings)."""
+        now_us = local_now_us()
+        if now_us - self.writer.stats.heartbeat_local_us > WRITER_STALL_US:
+            return False
+        session = self.session
+        return session is None or now_us - session.last_received_local_us < SESSION_STALL_US
 
     async def _notify_systemd(self) -> None:
-        """READY=1 at start; STATUS= the status line; WATCHDOG=1 only while the writer
-        makes progress (a hung writer stops the pings and systemd restarts us)."""
+        """READY=1 at start; STATUS= the status line; WATCHDOG=1 only while :meth:`alive`."""
         notifier = Notifier()
         if not notifier.enabled:
             return
@@ -151,9 +182,8 @@ class Player:
         interval = notifier.watchdog_interval_s() or STATUS_INTERVAL_S
         while True:
             await trio.sleep(min(interval, STATUS_INTERVAL_S))
-            stale_us = local_now_us() - self.writer.stats.heartbeat_local_us
             fields = {"STATUS": format_status(self)}
-            if stale_us < WRITER_STALL_US:
+            if self.alive():
                 fields["WATCHDOG"] = "1"
             notifier.notify(**fields)
 
@@ -161,14 +191,56 @@ class Player:
         """Say goodbye to the server and end :meth:`run`."""
         if self.session is not None:
             await self.session.goodbye(reason)
-        self._scope.cancel()
+        self._supervisor.stop()
 
-    async def _stop_on_signal(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def _on_signals(self) -> None:
+        """SIGINT/SIGTERM: goodbye and stop; SIGHUP: reload the configuration."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
                 log.info("%s: saying goodbye", signal.Signals(signum).name)
                 await self.stop()
                 return
+
+    async def reload(self) -> None:
+        """Read the configuration again; a bad one is reported and the running one kept.
+        Changed output settings restart the writer, changed connection settings the
+        connection (with ``client/goodbye restart``); volume and delay apply at once."""
+        if self._load_config is None:
+            log.warning("SIGHUP: nothing to reload (no configuration source)")
+            return
+        try:
+            new = self._load_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the running configuration: %s", exc)
+            return
+        changed = {f.name for f in attrs.fields(Config)
+                   if getattr(new, f.name) != getattr(self.config, f.name)}
+        log.info("SIGHUP: configuration reloaded; changed: %s", ", ".join(sorted(changed)) or "nothing")
+        self.config = new
+        if changed & _NEEDS_RESTART:
+            log.warning("SIGHUP: %s take effect at the next start",
+                        ", ".join(sorted(changed & _NEEDS_RESTART)))
+        if changed & {"volume", "output_delay_ms"}:
+            await self._apply_levels(new)
+        if changed & _OUTPUT_KEYS:
+            self.writer.reconfigure(_output_config(new), new.dac_latency_us)
+            self._supervisor.restart("writer")
+        if changed & _CONNECTION_KEYS:
+            if self.session is not None:
+                await self.session.goodbye("restart")
+            self._supervisor.restart("connection")
+
+    async def _apply_levels(self, config: Config) -> None:
+        if config.volume is not None:
+            self.state.volume = config.volume
+            await self._to_writer.send(SetVolume(self.state.volume, self.state.muted))
+        if config.output_delay_ms is not None:
+            self.state.output_delay_ms = config.output_delay_ms
+            await self._to_writer.send(SetOutputDelay(config.output_delay_ms * 1000))
+        self._store.save(self.state)
 
     async def _connection_loop(self) -> None:
         backoff = BACKOFF_MIN_S

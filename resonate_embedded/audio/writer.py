@@ -94,6 +94,12 @@ class Writer:
         self._interrupted = False
         self.stats = WriterStats()
 
+    def reconfigure(self, output: OutputConfig, dac_latency_us: int) -> None:
+        """Use ``output`` and ``dac_latency_us`` from the next :meth:`run` on (a reload
+        restarts the writer task to apply them)."""
+        self._output_config = output
+        self._dac_latency_us = dac_latency_us
+
     @property
     def pending_payload_bytes(self) -> int:
         return self._queue.pending_payload_bytes

@@ -44,6 +44,7 @@ from resonate_embedded.state_store import PersistentState
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
+SERVER_SILENCE_S = 30.0  # a live server answers clock sync every few seconds
 ACTIVATE_TIMEOUT_S = 30.0  # spec: a provisional connection without server/activate is dropped
 SYNC_BEFORE_AVAILABLE_S = 3.0  # wait at most this long for clock sync before "available"
 PAIRING_ATTEMPT_TIMEOUT_S = 120.0  # spec: recommended attempt timeout
@@ -128,6 +129,7 @@ class Session:
         self._decoder: Decoder | None = None
         self._time_replies_send, self._time_replies = trio.open_memory_channel(16)
         self.info = SessionInfo()
+        self.last_received_local_us = local_now_us()  # liveness, for the watchdog
         self._complained: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -287,14 +289,23 @@ class Session:
 
     # ------------------------------------------------------------------ receiving
     async def _receive_loop(self) -> None:
+        """Until the connection closes, or the server is silent for ``SERVER_SILENCE_S``
+        (clock sync makes it answer every few seconds: a dead peer or path, closed)."""
         while True:
             if self._closing:
                 return
             try:
-                received = await self._conn.receive()
+                with trio.move_on_after(SERVER_SILENCE_S) as silence:
+                    received = await self._conn.receive()
             except ConnectionClosed as exc:
                 log.warning("connection closed: %s", exc.reason)
                 return
+            if silence.cancelled_caught:
+                log.warning("nothing from the server for %.0f s: closing the connection",
+                            SERVER_SILENCE_S)
+                await self._leave("restart")
+                return
+            self.last_received_local_us = received.local_us
             if isinstance(received.data, str):
                 msg = self._parse(received.data)
                 if msg is not None:
