@@ -14,6 +14,7 @@ frame (index signal) to the harness's chunk log.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def test_server_initiated_mode_is_dialled_and_plays_on_time(tmp_path):
     m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
     assert "server connected from" in (tmp_path / "player.log").read_text()
 
@@ -142,6 +144,7 @@ def test_resonate_server_plays_bit_exact_and_on_time(tmp_path):
               chunk_table(events, raw_minus_server_us(ready)))
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
     player_log = (tmp_path / "player.log").read_text()
     assert "Resonate dialect" in player_log
@@ -161,6 +164,7 @@ def test_sendspin_v1_server_plays_bit_exact(tmp_path):
               chunk_table(events, raw_minus_server_us(ready)))
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
 
 
@@ -267,6 +271,7 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
               chunk_table(events, raw_minus_server_us(ready)))
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
     log = (tmp_path / "player.log").read_text()
     assert "server connected from" in log
@@ -290,6 +295,7 @@ def test_run_without_a_server_is_found_by_mdns_and_played(tmp_path):
     m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
     assert_bit_exact_and_contiguous(m, 3, tmp_path)
     s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
     assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
     log = (tmp_path / "player.log").read_text()
     assert "server connected from" in log and "encrypted, unpaired" in log
