@@ -162,6 +162,12 @@ def _cmd_pairings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from resonate_embedded.control_socket import socket_path, status_command
+
+    return status_command(args.socket or socket_path(_state_dir(args)), as_json=args.json)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from resonate_embedded.demo import run_demo
 
@@ -193,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     pairings.add_argument("server_id", nargs="?", help="server to forget (a unique prefix will do)")
     pairings.add_argument("--all", action="store_true", help="forget every pairing")
     pairings.set_defaults(func=_cmd_pairings)
+    status = sub.add_parser("status", help="ask the running player how it is doing")
+    _state_flags(status)
+    status.add_argument("--socket", type=Path, help="the player's status socket "
+                                                    "(default: control.sock in the state dir)")
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    status.set_defaults(func=_cmd_status)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -88,6 +88,59 @@ def _non_empty(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
         raise ConfigError(f"{attribute.name}: must be a non-empty string")
 
 
+# --------------------------------------------------------------------------- controls and light
+
+
+def _to_devices(value: Any) -> Any:
+    """``input_devices``: "auto", "none"/"off" (= no device) or a list of paths → tuple."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, str) and value.strip().lower() in ("none", "off", ""):
+        return ()
+    return value
+
+
+def _check_devices(_inst: Any, _attr: Any, value: Any) -> None:
+    if value == "auto":
+        return
+    if not isinstance(value, tuple) or not all(isinstance(p, str) and p.startswith("/") for p in value):
+        raise ConfigError(f"input_devices={value!r}: must be \"auto\", \"none\" or a list of "
+                          "device paths (/dev/input/by-path/..., /dev/input/eventN)")
+
+
+def _to_led_names(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_led_name(setting: str, name: Any) -> None:
+    if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{setting}={name!r}: must be an LED name from /sys/class/leds "
+                          "(e.g. \"resonate:status\" or \"led0\")")
+
+
+def _check_leds(inst: Any, _attr: Any, _value: Any) -> None:
+    if inst.led_status is not None:
+        _check_led_name("led_status", inst.led_status)
+    if inst.led_rgb is not None:
+        if not isinstance(inst.led_rgb, tuple) or len(inst.led_rgb) != 3:
+            raise ConfigError(f"led_rgb={inst.led_rgb!r}: must be three LED names [red, green, blue]")
+        for name in inst.led_rgb:
+            _check_led_name("led_rgb", name)
+    if inst.led_multicolor is not None:
+        _check_led_name("led_multicolor", inst.led_multicolor)
+        if inst.led_rgb is not None:
+            raise ConfigError("led_rgb and led_multicolor: give one or the other")
+
+
+def _check_key_map(inst: Any, _attr: Any, _value: Any) -> None:
+    from resonate_embedded.controls.keymap import KeyMapError, parse_key_map
+
+    try:
+        parse_key_map(inst.key_map, inst.long_press_map, inst.long_press_ms)
+    except KeyMapError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @attrs.frozen
 class Config:
     server: str | None = None
@@ -118,11 +171,45 @@ class Config:
     discover: bool = False
     # Server-initiated mode: also advertise _resonate._tcp for aioresonate servers.
     advertise_resonate: bool = False
+    # Offer the announcement role (voice-assistant replies and chimes mixed over the music).
+    announcements: bool = True
     # mDNS (advertising and browsing) on the interface with this IPv4 address only, and
     # that address only in the records; default: every interface and address.
     mdns_interface: str | None = None
+    # Physical controls (resonate_embedded/controls): key/axis name → action tables (None: the
+    # defaults in controls/keymap.py), how long a hold is a long press, the volume step of a
+    # key press or encoder detent, and which input devices to read ("auto": every one with a
+    # mapped key or axis; "none": no controls).
+    key_map: dict[str, str] | None = attrs.field(default=None, validator=_check_key_map)
+    long_press_map: dict[str, str] | None = None
+    long_press_ms: int = 800
+    volume_step: int = attrs.field(default=5, validator=_in_range(1, 25))
+    input_devices: tuple[str, ...] | str = attrs.field(default="auto", converter=_to_devices,
+                                                       validator=_check_devices)
+    # Status light (resonate_embedded/light.py): LED class names under /sys/class/leds.
+    led_status: str | None = None
+    led_rgb: tuple[str, str, str] | None = attrs.field(default=None, converter=_to_led_names)
+    led_multicolor: str | None = attrs.field(default=None, validator=_check_leds)
+
+    def keymap(self):
+        """The validated :class:`~resonate_embedded.controls.keymap.KeyMap` of these settings."""
+        from resonate_embedded.controls.keymap import parse_key_map
+
+        return parse_key_map(self.key_map, self.long_press_map, self.long_press_ms)
+
+    def led_config(self):
+        """The :class:`~resonate_embedded.light.LedConfig` of these settings."""
+        from resonate_embedded.light import LedConfig
+
+        return LedConfig(status=self.led_status, rgb=self.led_rgb, multicolor=self.led_multicolor)
 
     def __attrs_post_init__(self) -> None:
+        for key in ("server", "client_id", "mdns_interface"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{key}={value!r}: must be a string")
+        if not isinstance(self.stats, bool):
+            raise ConfigError(f"stats={self.stats!r}: must be true or false")
         _non_empty(self, attrs.fields(Config).name, self.name)
         _non_empty(self, attrs.fields(Config).device, self.device)
         if self.server is not None and not self.server.startswith(("ws://", "wss://")):
@@ -137,7 +224,8 @@ class Config:
             except ValueError:
                 raise ConfigError(f"mdns_interface={self.mdns_interface!r}: must be an IPv4 "
                                   "address of this host's interface") from None
-        for key in ("unpaired_access", "spoken_pairing_code", "discover", "advertise_resonate"):
+        for key in ("unpaired_access", "spoken_pairing_code", "discover", "advertise_resonate",
+                    "announcements"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be true or false")
 
@@ -154,13 +242,22 @@ def load_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path}: {exc}") from None
     data = data.get("player", data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: [player] must be a table")
     unknown = set(data) - _KEYS
     if unknown:
         raise ConfigError(f"config {path}: unknown settings {', '.join(sorted(unknown))}")
     if "formats" in data:
         value = data["formats"]
-        data["formats"] = parse_formats(",".join(value) if isinstance(value, list) else str(value))
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"formats={value!r}: must be a string or a list of strings "
+                              "like \"pcm:48000:16:2\"")
+        data["formats"] = parse_formats(value)
     if "state_dir" in data:
+        if not isinstance(data["state_dir"], str):
+            raise ConfigError(f"state_dir={data['state_dir']!r}: must be a path (a string)")
         data["state_dir"] = Path(data["state_dir"])
     return data
 

@@ -91,7 +91,7 @@ class Identity:
                 raise IdentityError("unknown identity file version")
             private = b64url_decode(data["private_key"])
             psk = b64url_decode(data["pairing_psk"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise IdentityError(f"malformed identity file ({type(exc).__name__})") from None
         if len(private) != KEY_SIZE or len(psk) != PSK_SIZE:
             raise IdentityError("identity file holds keys of the wrong size")
@@ -145,7 +145,7 @@ def load_or_create(state_dir: Path) -> Identity:
         write_secret_file(path, identity.to_json())
         log.info("generated this speaker's identity: client_id %s", identity.client_id)
         return identity
-    except (OSError, IdentityError) as exc:
+    except (OSError, ValueError) as exc:  # IdentityError; UnicodeDecodeError (binary garbage)
         aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
         try:
             os.replace(path, aside)

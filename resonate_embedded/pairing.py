@@ -104,17 +104,23 @@ class PairingStore:
                 raise ValueError("no record list")
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("pairing records %s unreadable (%s): starting with none; servers that "
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            # Moved aside, not overwritten by the next save: the records may be recoverable.
+            from resonate_embedded.state_store import move_aside
+
+            aside = move_aside(self._path)
+            log.error("pairing records %s unreadable (%s)%s: starting with none; servers that "
                       "paired this speaker will fall back to unpaired sessions", self._path,
-                      type(exc).__name__)
+                      type(exc).__name__, f", moved aside to {aside.name}" if aside else "")
             return
         rounds = data.get("code_rounds", 0)
         self.code_rounds = rounds if isinstance(rounds, int) and rounds >= 0 else ROUND_LIMIT
         for item in records:
             try:
+                if not isinstance(item, dict):
+                    raise TypeError("a record is not an object")
                 record = PairingRecord.from_dict(item)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError):
                 log.error("dropping a malformed pairing record from %s", self._path)
                 continue
             self._records[record.server_id] = record

@@ -41,8 +41,14 @@ from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
 )
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
+from resonate_embedded.roles.announcement import AnnouncementRole
+from resonate_embedded.roles.hub import RoleHub
 from resonate_embedded.state_store import StateStore, adopt_client_id
-from resonate_embedded.status import format_status
+from resonate_embedded.control_socket import serve_status, socket_path
+from resonate_embedded.controls.evdev_input import InputReader
+from resonate_embedded.light import StatusLight
+from resonate_embedded.roles.controller import Action, apply_locally
+from resonate_embedded.status import format_status, light_state, snapshot
 from resonate_embedded.supervisor import Supervisor
 from resonate_embedded.systemd import Notifier
 from resonate_embedded.clock.local import local_now_us
@@ -99,6 +105,7 @@ def _output_config(config: Config) -> OutputConfig:
 # What a SIGHUP can change without a restart, by the task that has to start again.
 _OUTPUT_KEYS = {"device", "period_us", "periods", "dac_latency_us"}
 _CONNECTION_KEYS = {"server", "name", "formats", "buffer_seconds", "encryption", "unpaired_access",
+                    "announcements",
                     "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
                     "mdns_interface", "client_id"}
 _NEEDS_RESTART = {"state_dir", "stats"}
@@ -126,13 +133,18 @@ class Player:
         self.writer = Writer(
             _output_config(config), config.dac_latency_us,
             self.clock, writer_commands, events_send, self.state.volume, self.state.muted,
-            self.state.output_delay_ms * 1000)
+            self.state.output_delay_ms * 1000,
+            max_queued_s=max(30, 2 * config.buffer_seconds))
         self.session: Session | None = None
+        self.roles = RoleHub(self._server_to_local_us, config.announcements)
+        self._actions_send, self._actions = trio.open_memory_channel(64)
         self._supervisor = Supervisor()
         self._load_config = load_config
         self._learned: dict[str, str] = {}  # url → the dialect that answered last time
 
-    def hello(self) -> ClientHello:
+    def hello(self, legacy_roles: bool = False) -> ClientHello:
+        """Our client/hello; ``legacy_roles``: only the roles pre-encryption servers know
+        (aiosendspin 1.x/2.x refuse a hello naming a role they do not know)."""
         usable = set(decodable_formats())
         formats = tuple(f for f in self.config.formats if (f.codec, f.bit_depth) in usable)
         if not formats:
@@ -144,7 +156,8 @@ class Player:
         return ClientHello(
             client_id=self.config.client_id or self.state.client_id, name=self.config.name,
             device_info=DeviceInfo("resonate_embedded", "resonate_embedded", __version__),
-            formats=formats, buffer_capacity=byte_rate * self.config.buffer_seconds)
+            formats=formats, buffer_capacity=byte_rate * self.config.buffer_seconds,
+            other_roles=self.roles.hello_roles(legacy_roles))
 
     async def run(self) -> None:
         """Play until SIGINT/SIGTERM or :meth:`stop`; every task under one supervisor.
@@ -154,6 +167,12 @@ class Player:
         sup.add("connection", self._connection)
         sup.add("signals", self._on_signals)
         sup.add("systemd", self._notify_systemd)
+        sup.add("status socket", partial(serve_status, socket_path(self.config.state_dir),
+                                         lambda: snapshot(self).to_dict()))
+        sup.add("controls", self._controls)
+        sup.add("status light", partial(StatusLight(self.config.led_config()).run,
+                                        lambda: light_state(self), self.roles.colors.rgb_at))
+        sup.add("track log", self._log_track_changes)
         if self.config.stats:
             sup.add("status line", self._print_status)
         await sup.run()
@@ -163,6 +182,49 @@ class Player:
             await self._connection_loop()  # client-initiated: we dial
         else:
             await self._listen()  # server-initiated: servers dial us
+
+    def _server_to_local_us(self, server_us: int) -> int | None:
+        mapping = self.clock.mapping
+        return mapping.local_from_server(server_us) if mapping is not None else None
+
+    async def act(self, action: Action) -> None:
+        """A control action (button, encoder, remote, ``resonate-embedded control``): a
+        ``client/command`` to the group when the server takes it, otherwise (no server, no
+        controller role) volume and mute change on this speaker and are persisted."""
+        await self._actions_send.send(action)
+
+    async def _controls(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.config.input_devices != "none":
+                nursery.start_soon(InputReader(self.config.keymap(), self.config.input_devices,
+                                               self._actions_send.clone()).run)
+            async for action in self._actions:
+                await self._carry_out(action)
+
+    async def _carry_out(self, action: Action) -> None:
+        session = self.session
+        if session is not None and self.roles.controller is not None:
+            commands = self.roles.commands_for(action, self.config.volume_step)
+            if commands:
+                await session.send_controller_commands(commands)
+            else:
+                log.info("control %s: nothing the server supports", action.name)
+            return
+        volume, muted = apply_locally(action, self.state.volume, self.state.muted,
+                                      self.config.volume_step)
+        if (volume, muted) != (self.state.volume, self.state.muted):
+            self.state.volume, self.state.muted = volume, muted
+            self._store.save(self.state)
+            await self._to_writer.send(SetVolume(volume, muted))
+            log.info("control %s: volume %d%s (this speaker)", action.name, volume,
+                     ", muted" if muted else "")
+
+    async def _log_track_changes(self) -> None:
+        send, receive = trio.open_memory_channel(8)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.roles.now_playing.run, send)
+            async for line in receive:
+                log.info("%s", line)
 
     def alive(self) -> bool:
         """The writer makes progress and the session (if any) hears from its server: what
@@ -265,6 +327,7 @@ class Player:
         if url is None:
             return
         plaintext = self.config.encryption == "off"
+        legacy = False  # a server found not to speak Noise predates the newer roles
         # Resonate servers (aioresonate) cannot encrypt: a /resonate URL, or one that answered
         # in Resonate last time, skips the encrypted attempt (the policy still applies).
         resonate = (dialect_for(url) or self._learned.get(url)) == "resonate"
@@ -292,13 +355,13 @@ class Player:
                             raise SessionRefused(f"{exc}; no plaintext fallback: {why}") from None
                         log.warning("%s: server does not speak encrypted Sendspin (%s): "
                                     "using plaintext", url, exc)
-                        plaintext = True
+                        plaintext = legacy = True
                     else:
                         if conn.psk_category == "lt":
                             self.pairings.mark_used(conn.server_id, url)
                         await self._run_session(conn, url)
             if plaintext:
-                await self._plaintext_session(url)
+                await self._plaintext_session(url, legacy)
         except* (SessionRefused, NoServerHello) as group:
             log.error("%s: %s", url, group.exceptions[0])
         except* InitRejected as group:
@@ -324,26 +387,30 @@ class Player:
         log.info("found server %r at %s by mDNS", server.name, server.url)
         return server.url
 
-    async def _plaintext_session(self, url: str) -> None:
+    async def _plaintext_session(self, url: str, legacy_roles: bool) -> None:
         """Plaintext Sendspin or Resonate: the dialect the URL implies, else Sendspin first
         and Resonate if no server/hello came (PROTOCOL.md §0)."""
-        h = self.hello()
+        h = self.hello(legacy_roles)
         async with connect_speaking(
                 url, lambda d: resonate_hello_json(h) if d == "resonate" else h.to_json(),
                 candidates=dialect_candidates(url, self._learned.get(url))) as sp:
             self._learned[url] = sp.dialect
-            await self._run_session(sp.conn, url, dialect=sp.dialect, server_hello=sp.hello)
+            await self._run_session(sp.conn, url, dialect=sp.dialect, server_hello=sp.hello,
+                                    legacy_roles=legacy_roles)
 
-    def _new_session(self, conn, url: str | None, dialect: str = "sendspin") -> Session:
-        return Session(conn, self.hello(), self.state, lambda: self._store.save(self.state),
+    def _new_session(self, conn, url: str | None, dialect: str = "sendspin",
+                     legacy_roles: bool = False) -> Session:
+        return Session(conn, self.hello(legacy_roles), self.state, lambda: self._store.save(self.state),
                        self.clock, self._to_writer, self._writer_events,
                        security=Security(self.pairings, self.config.unpaired_access, url,
                                          self.config.spoken_pairing_code),
-                       dialect=dialect)
+                       dialect=dialect,
+                       announcement=AnnouncementRole() if self.config.announcements else None,
+                       roles=self.roles)
 
     async def _run_session(self, conn, url: str, dialect: str = "sendspin",
-                           server_hello=None) -> None:
-        self.session = self._new_session(conn, url, dialect)
+                           server_hello=None, legacy_roles: bool = False) -> None:
+        self.session = self._new_session(conn, url, dialect, legacy_roles)
         await self.session.run(server_hello=server_hello)
 
     # ------------------------------------------------------------------ server-initiated mode
@@ -369,7 +436,8 @@ class Player:
         channel = await self._secure_incoming(conn)
         if channel is None:
             return None
-        session = self._new_session(channel, None, conn.dialect)
+        legacy = channel is conn and self.config.encryption != "off"
+        session = self._new_session(channel, None, conn.dialect, legacy)
         try:
             h = await session.handshake()
         except SessionRefused as exc:

@@ -2,7 +2,11 @@
 
 The state is one small JSON file written atomically (temp file, fsync, rename,
 fsync of the directory), so a power cut leaves either the old or the new state,
-never a torn one.  A missing or unreadable file gives defaults and a log line.
+never a torn one.  A missing file gives defaults.  A corrupt or unreadable one is
+reported (one log line), moved aside as ``state.json.corrupt-<UTC time>`` (kept: it may
+be recoverable, and the next save must not destroy it) and replaced by defaults; a
+field with an unusable value is reported and gets its default, the other fields are
+kept.  Loading never raises.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 import attrs
@@ -45,6 +50,21 @@ def adopt_client_id(state: PersistentState, client_id: str, announce: bool = Tru
     return True
 
 
+def move_aside(path: Path, tag: str = "corrupt") -> Path | None:
+    """Rename ``path`` to ``<name>.<tag>-<UTC time>`` (a free name); None if that fails."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(100):
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}" + (f".{n}" if n else ""))
+        if aside.exists():
+            continue
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return None
+        return aside
+    return None
+
+
 def _valid(data: dict) -> dict:
     out = {}
     if isinstance(data.get("client_id"), str) and data["client_id"]:
@@ -57,6 +77,11 @@ def _valid(data: dict) -> dict:
         out["output_delay_ms"] = data["output_delay_ms"]
     if isinstance(data.get("last_played_server_id"), str):
         out["last_played_server_id"] = data["last_played_server_id"]
+    bad = sorted(k for k in attrs.fields_dict(PersistentState)
+                 if k in data and k not in out and data[k] is not None)
+    if bad:
+        log.warning("state file: ignoring unusable %s (defaults used for %s)",
+                    ", ".join(f"{k}={data[k]!r:.40}" for k in bad), "it" if len(bad) == 1 else "them")
     return out
 
 
@@ -67,16 +92,20 @@ class StateStore:
         self.existed = False  # whether load() found a readable state file
 
     def load(self) -> PersistentState:
+        """The saved state, or defaults (saved at once) when there is none or it is unusable."""
         try:
-            data = json.loads(self._path.read_text())
+            data = json.loads(self._path.read_bytes())
             if not isinstance(data, dict):
-                raise ValueError("not an object")
+                raise ValueError(f"not a JSON object but {type(data).__name__}")
         except FileNotFoundError:
             state = PersistentState()
             self.save(state)
             return state
-        except (OSError, ValueError) as exc:
-            log.error("state file %s unreadable (%s): using defaults", self._path, exc)
+        except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            aside = move_aside(self._path)
+            log.error("state file %s unreadable (%s: %.200s): %s; using defaults", self._path,
+                      type(exc).__name__, exc,
+                      f"moved aside to {aside.name}" if aside else "could not move it aside")
             state = PersistentState()
             self.save(state)
             return state

@@ -80,6 +80,7 @@ typedef struct {
 	int64_t ppm_u;       /* ppm * 1e6, rounded */
 	int64_t latency_ns;
 	char *log_path;
+	char *fail_path;     /* while this file exists the device is "unplugged" */
 
 	/* hw/sw params */
 	unsigned int rate, channels, bpf; /* bytes per frame */
@@ -485,6 +486,29 @@ static void update_timer(snd_pcm_paced_t *p, int64_t now, int64_t appl, snd_pcm_
 }
 
 /* ------------------------------------------------------------------ */
+/* FAIL=path: a device that disappears and returns                      */
+
+static int gone(const snd_pcm_paced_t *p)
+{
+	return p->fail_path && access(p->fail_path, F_OK) == 0;
+}
+
+/* The device vanished: what played until now is logged, then it stops. */
+static void go_away(snd_pcm_paced_t *p)
+{
+	if (p->running) {
+		int64_t now = now_raw();
+		advance(p, now, appl_abs(p));
+		if (p->running)
+			log_stop(p, now, p->pos, STOP_DROP);
+		p->running = 0;
+	}
+	log_flush(p);
+	if (p->timer_fd >= 0)
+		timer_arm(p, 0, 0); /* poll wakes the app, which then sees the error */
+}
+
+/* ------------------------------------------------------------------ */
 /* ioplug callbacks                                                    */
 
 static int paced_start(snd_pcm_ioplug_t *io)
@@ -493,6 +517,10 @@ static int paced_start(snd_pcm_ioplug_t *io)
 	int64_t now = now_raw();
 	int64_t appl = appl_abs(p);
 
+	if (gone(p)) {
+		go_away(p);
+		return -ENODEV;
+	}
 	p->xrun = 0;
 	p->running = 1;
 	p->t0 = now;
@@ -529,6 +557,10 @@ static snd_pcm_sframes_t paced_pointer(snd_pcm_ioplug_t *io)
 {
 	snd_pcm_paced_t *p = io->private_data;
 
+	if (gone(p)) {
+		go_away(p);
+		return -ENODEV;
+	}
 	if (p->xrun)
 		return -EPIPE;
 	if (p->running) {
@@ -554,6 +586,10 @@ static snd_pcm_sframes_t paced_transfer(snd_pcm_ioplug_t *io,
 
 	if (!p->ring)
 		return -EBADFD;
+	if (gone(p)) {
+		go_away(p);
+		return -EIO;
+	}
 	appl = appl_abs(p);
 	slot = (snd_pcm_uframes_t)((uint64_t)appl % p->buffer_size);
 	while (done < size) {
@@ -574,6 +610,10 @@ static int paced_prepare(snd_pcm_ioplug_t *io)
 	snd_pcm_paced_t *p = io->private_data;
 	int64_t now = now_raw();
 
+	if (gone(p)) {
+		go_away(p);
+		return -ENODEV;
+	}
 	if (p->running) {
 		/* ioplug has already reset appl_ptr; use the last known value */
 		advance(p, now, p->appl_cache);
@@ -749,6 +789,7 @@ static int paced_close(snd_pcm_ioplug_t *io)
 	free(p->logbuf);
 	free(p->ring);
 	free(p->log_path);
+	free(p->fail_path);
 	free(p);
 	return 0;
 }
@@ -863,6 +904,7 @@ SND_PCM_PLUGIN_DEFINE_FUNC(paced)
 	snd_pcm_paced_t *p;
 	double ppm = 0, latency_us = 0;
 	const char *log_path = NULL;
+	const char *fail_path = NULL;
 	int err;
 
 	(void)root;
@@ -890,6 +932,13 @@ SND_PCM_PLUGIN_DEFINE_FUNC(paced)
 			}
 			continue;
 		}
+		if (!strcmp(id, "fail")) {
+			if (snd_config_get_string(n, &fail_path) < 0) {
+				SNDERR("paced: fail must be a string");
+				return -EINVAL;
+			}
+			continue;
+		}
 		SNDERR("paced: unknown field %s", id);
 		return -EINVAL;
 	}
@@ -906,6 +955,12 @@ SND_PCM_PLUGIN_DEFINE_FUNC(paced)
 		return -EINVAL;
 	}
 
+	/* FAIL=path names a flag file: while it exists the device is absent (open fails
+	 * with -ENODEV; an open device fails its pointer/prepare/start with -ENODEV and
+	 * its transfer with -EIO), as a USB DAC that was unplugged. */
+	if (fail_path && *fail_path && access(fail_path, F_OK) == 0)
+		return -ENODEV;
+
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
@@ -915,6 +970,13 @@ SND_PCM_PLUGIN_DEFINE_FUNC(paced)
 	p->log_fd = -1;
 	p->timer_fd = -1;
 	p->last_frames_off = SIZE_MAX;
+	if (fail_path && *fail_path) {
+		p->fail_path = strdup(fail_path);
+		if (!p->fail_path) {
+			err = -ENOMEM;
+			goto fail;
+		}
+	}
 
 	if (log_path && *log_path) {
 		/* append: an application that closes and re-opens the device keeps
@@ -989,6 +1051,7 @@ fail:
 		close(p->log_fd);
 	free(p->logbuf);
 	free(p->log_path);
+	free(p->fail_path);
 	free(p);
 	return err;
 }

@@ -32,6 +32,11 @@ class Underrun(RuntimeError):
     """The hardware ran out of frames (XRUN)."""
 
 
+class DeviceLost(AlsaOutputError):
+    """The device cannot be opened, or stopped working (unplugged, I/O error): close it
+    and try again later (unlike a plain AlsaOutputError: a format it cannot play)."""
+
+
 @attrs.frozen
 class DacReport:
     tstamp_local_ns: int
@@ -99,7 +104,10 @@ class AlsaOutput:
             else:
                 await trio.lowlevel.wait_readable(fd)
                 seen = select.POLLIN
-            revents = self._pcm.polldescriptors_revents([(fd, seen)])
+            try:
+                revents = self._pcm.polldescriptors_revents([(fd, seen)])
+            except alsaaudio.ALSAAudioError as exc:
+                raise DeviceLost(f"poll failed: {exc}") from None
             if revents & (select.POLLOUT | select.POLLERR):
                 return
 
@@ -109,16 +117,22 @@ class AlsaOutput:
         data = block.astype(self._dtype, copy=False)
         if self._shift:
             data = data.astype(self._dtype) << self._shift
-        written = self._pcm.write(np.ascontiguousarray(data).tobytes())
+        try:
+            written = self._pcm.write(np.ascontiguousarray(data).tobytes())
+        except alsaaudio.ALSAAudioError as exc:  # -EIO, -ENODEV, a failed re-prepare, ...
+            raise DeviceLost(f"write failed: {exc}") from None
         if written == -errno.EPIPE:
             raise Underrun("write hit an underrun")
         if written < 0:
-            raise AlsaOutputError(f"write failed: {written}")
+            raise DeviceLost(f"write failed: {written}")
         self.frames_written += written
         return written
 
     def drop(self) -> None:
-        self._pcm.drop()
+        try:
+            self._pcm.drop()
+        except alsaaudio.ALSAAudioError as exc:
+            raise DeviceLost(f"drop failed: {exc}") from None
 
     def close(self) -> None:
         try:
@@ -137,7 +151,7 @@ def _open(config: OutputConfig, shape: PcmShape):
                                 channels=shape.channels, format=_FORMATS[name][0],
                                 periodsize=period, periods=config.periods)
         except alsaaudio.ALSAAudioError as exc:
-            raise AlsaOutputError(f"cannot open {config.device!r}: {exc}") from None
+            raise DeviceLost(f"cannot open {config.device!r}: {exc}") from None
         if pcm.info()["format_name"] == name:
             return pcm, name
         errors.append(name)

@@ -17,7 +17,12 @@ Guarantees:
 - frames before the read position are never returned (late audio is skipped);
 - a chunk in a new PCM shape starts a new segment, played after the current one;
 - ``pending_payload_bytes`` counts the wire payload of every chunk not yet
-  wholly read, which is what ``buffer_capacity`` is about.
+  wholly read, which is what ``buffer_capacity`` is about;
+- bounded whatever the server sends: a chunk that would make the queue hold more
+  than ``max_seconds`` of audio or ``max_bytes`` of decoded PCM, or that starts more
+  than ``max_seconds`` after the audio already queued (a timestamp far in the future),
+  is refused (:meth:`TimestampedQueue.push` returns why); one that ends before what
+  is queued (far in the past) is dropped as wholly overlapped.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class _Chunk:
     server_ts_us: int  # the server's time for frame ``start``
     pcm: np.ndarray  # (frames, channels)
     payload_bytes: int
+    pcm_rate: int = 48000
 
     @property
     def end(self) -> int:
@@ -95,20 +101,36 @@ class ReadResult:
     audio_frames: int  # frames that came from chunks (the rest is gap silence)
 
 
+MAX_QUEUED_SECONDS = 30  # of audio held, and of gap allowed after the queued audio
+MAX_QUEUED_BYTES = 32 << 20  # of decoded PCM
+
+
 class TimestampedQueue:
     """Segments of timestamped PCM, read sequentially by the writer."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_seconds: float = MAX_QUEUED_SECONDS,
+                 max_bytes: int = MAX_QUEUED_BYTES) -> None:
         self._segments: deque[Segment] = deque()
         self._pending_bytes = 0
+        self._pcm_bytes = 0
+        self._frames_us = 0  # queued audio, in µs (sum over chunks of frames * 1e6 / rate)
+        self.max_us = int(max_seconds * 1_000_000)
+        self.max_bytes = max_bytes
 
     # ----------------------------------------------------------------- filling
-    def push(self, server_ts_us: int, pcm: np.ndarray, shape: PcmShape, payload_bytes: int) -> None:
-        tail = self._segments[-1] if self._segments else None
-        if tail is None or tail.shape != shape:
-            tail = Segment(shape, server_ts_us)
-            self._segments.append(tail)
+    def push(self, server_ts_us: int, pcm: np.ndarray, shape: PcmShape,
+             payload_bytes: int) -> str | None:
+        """Queue a chunk; returns None, or why it was refused (the queue is unchanged)."""
         rate = shape.sample_rate
+        chunk_us = pcm.shape[0] * 1_000_000 // rate
+        if self._frames_us + chunk_us > self.max_us:
+            return f"the queue already holds {self._frames_us / 1e6:.1f} s of audio"
+        if self._pcm_bytes + pcm.nbytes > self.max_bytes:
+            return f"the queue already holds {self._pcm_bytes >> 20} MiB of audio"
+        tail = self._segments[-1] if self._segments else None
+        new_segment = tail is None or tail.shape != shape
+        if new_segment:
+            tail = Segment(shape, server_ts_us)
         start = frames_between(tail.anchor_us, server_ts_us, rate)
         if tail.chunks:
             last = tail.chunks[-1]
@@ -117,18 +139,51 @@ class TimestampedQueue:
             if abs(overlap) <= SNAP_FRAMES:
                 start = last.end
             elif overlap >= pcm.shape[0]:
-                return
+                return None  # wholly overlapped (or far in the past): nothing new
             elif overlap > 0:
                 pcm, start = pcm[overlap:], last.end
                 server_ts_us = us_after(server_ts_us, overlap, rate)
+            elif -overlap > rate * self.max_us // 1_000_000:
+                return (f"it starts {-overlap / rate:.1f} s after the queued audio "
+                        "(timestamp far in the future)")
         if pcm.shape[0] == 0:
-            return
-        tail.chunks.append(_Chunk(start, server_ts_us, pcm, payload_bytes))
-        self._pending_bytes += payload_bytes
+            return None
+        if new_segment:
+            self._segments.append(tail)
+        tail.chunks.append(_Chunk(start, server_ts_us, pcm, payload_bytes, rate))
+        self._account(tail.chunks[-1], +1)
+        return None
+
+    def _account(self, chunk: _Chunk, sign: int) -> None:
+        self._pending_bytes += sign * chunk.payload_bytes
+        self._pcm_bytes += sign * chunk.pcm.nbytes
+        self._frames_us += sign * (chunk.pcm.shape[0] * 1_000_000 // chunk.pcm_rate)
 
     def clear(self) -> None:
         self._segments.clear()
         self._pending_bytes = 0
+        self._pcm_bytes = 0
+        self._frames_us = 0
+
+    @property
+    def queued_us(self) -> int:
+        """Audio held (gaps not counted), in µs."""
+        return self._frames_us
+
+    @property
+    def pcm_bytes(self) -> int:
+        """Decoded PCM held, in bytes."""
+        return self._pcm_bytes
+
+    def discard_before_server_us(self, server_us: int) -> None:
+        """Forget every queued frame due before ``server_us`` (audio that can no longer be
+        played on time, e.g. while the device is away)."""
+        while self._segments:
+            seg = self._segments[0]
+            self._discard_before(seg, seg.position_of(server_us))
+            if seg.chunks or len(self._segments) == 1:
+                return
+            self._segments.popleft()
 
     # ----------------------------------------------------------------- state
     @property
@@ -145,7 +200,8 @@ class TimestampedQueue:
     def drop_head(self) -> None:
         """Forget the head segment (the writer has finished or abandoned it)."""
         seg = self._segments.popleft()
-        self._pending_bytes -= sum(c.payload_bytes for c in seg.chunks)
+        for chunk in seg.chunks:
+            self._account(chunk, -1)
 
     def buffered_frames(self, position: int) -> int:
         """Frames of head-segment audio at or after ``position`` (gaps included)."""
@@ -178,4 +234,4 @@ class TimestampedQueue:
         while seg.chunks and seg.chunks[0].end <= position:
             chunk = seg.chunks.popleft()
             seg.ref_start, seg.ref_ts_us = chunk.start, chunk.server_ts_us
-            self._pending_bytes -= chunk.payload_bytes
+            self._account(chunk, -1)

@@ -21,21 +21,31 @@ def gain_q15(volume: int, muted: bool) -> int:
 
 
 class VolumeStage:
-    """Applies the current gain, ramping linearly to a new one over ``ramp_frames``."""
+    """Applies the current gain, ramping linearly to a new one over ``ramp_frames``
+    (across as many blocks as it takes; the target is reached exactly)."""
 
     def __init__(self, ramp_frames: int) -> None:
         self._ramp_frames = max(1, ramp_frames)
         self._gain = UNITY_Q15
         self._target = UNITY_Q15
+        self._from = UNITY_Q15  # where the ramp in progress started
+        self._done = 0  # frames of it already applied
 
     @property
     def target_q15(self) -> int:
         return self._target
 
+    @property
+    def current_q15(self) -> int:
+        """The gain of the last frame scaled (the ramp's position)."""
+        return self._gain
+
     def set_target(self, gain: int, immediate: bool = False) -> None:
-        self._target = gain
         if immediate:
             self._gain = gain
+        if gain != self._target or immediate:
+            self._from, self._done = self._gain, 0
+        self._target = gain
 
     def set_ramp_frames(self, ramp_frames: int) -> None:
         self._ramp_frames = max(1, ramp_frames)
@@ -47,9 +57,10 @@ class VolumeStage:
             return block
         if self._gain == self._target:
             return _scale(block, np.int64(self._gain))
-        step = self._target - self._gain
-        k = np.arange(1, n + 1, dtype=np.int64)
-        ramp = self._gain + (step * np.minimum(k, self._ramp_frames)) // self._ramp_frames
+        step = self._target - self._from
+        k = np.arange(self._done + 1, self._done + n + 1, dtype=np.int64)
+        ramp = self._from + (step * np.minimum(k, self._ramp_frames)) // self._ramp_frames
+        self._done += n
         self._gain = int(ramp[-1])
         return _scale(block, ramp[:, None])
 

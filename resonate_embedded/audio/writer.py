@@ -14,6 +14,17 @@ and compares it with the server time of the next frame in the queue.
   crystal drift; errors above ``HARD_RESYNC_US`` are realigned in one step.
 - Underrun: mute, report ``error``, re-prime, realign, ramp the volume back in,
   report ``synchronized``.
+- Starved (a stream is on but no audio is queued for ``STARVED_REPORT_US``, e.g. the
+  network stalled): the output is digital silence; report ``error``, and
+  ``synchronized`` again when audio arrives (placed by its timestamps: no drift).
+- Device lost (write/drop fail with an I/O error, the device cannot be opened, or it
+  xruns ``LOST_AFTER_XRUNS`` times in a row without playing): close it, report
+  ``error``, keep taking commands (the queue stays current; audio that fell due
+  meanwhile is discarded) and open it again every ``OPEN_RETRY_S`` — no process
+  restart.  One log line when it goes, one when it is back.
+- Bounded: the queue refuses audio beyond ``timeline.MAX_QUEUED_SECONDS`` /
+  ``MAX_QUEUED_BYTES`` and chunks stamped more than ``MAX_AHEAD_US`` after or
+  ``MAX_BEHIND_US`` before the server's present (one log line per episode).
 """
 
 from __future__ import annotations
@@ -25,16 +36,24 @@ import attrs
 import numpy as np
 import trio
 
-from resonate_embedded.audio.alsa_output import AlsaOutput, AlsaOutputError, OutputConfig, Underrun
+from resonate_embedded.audio.alsa_output import (
+    AlsaOutput, AlsaOutputError, DeviceLost, OutputConfig, Underrun,
+)
 from resonate_embedded.audio.commands import (
     EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume, WriterCommand,
 )
 from resonate_embedded.audio.correction import (
     CorrectionScheduler, DacRateEstimator, RateController, corrected_block,
 )
-from resonate_embedded.audio.timeline import Segment, TimestampedQueue, frames_between
+from resonate_embedded.audio.timeline import (
+    MAX_QUEUED_SECONDS, Segment, TimestampedQueue, frames_between,
+)
+from resonate_embedded.audio.announcement import (
+    Announcement, AnnouncementAudio, AnnouncementEnd, AnnouncementStart, AnnouncementStop,
+)
+from resonate_embedded.audio.formats import PcmShape
 from resonate_embedded.audio.volume import VolumeStage, gain_q15
-from resonate_embedded.clock.local import local_now_ns
+from resonate_embedded.clock.local import local_now_ns, local_now_us
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,11 @@ HARD_RESYNC_US = 5_000
 VOLUME_RAMP_US = 10_000
 OPEN_RETRY_S = 1.0
 HEARTBEAT_S = 1.0
+STARVED_REPORT_US = 1_000_000
+LOST_AFTER_XRUNS = 8  # consecutive underruns with no audio played in between
+MAX_AHEAD_US = 60_000_000  # a chunk stamped further ahead of the server's now is refused
+MAX_BEHIND_US = 10_000_000  # and one this far behind (too late anyway: never a queue anchor)
+REFUSALS_QUIET_US = 10_000_000  # an episode of refused audio ends after this long without one
 
 
 class MappingSource(Protocol):
@@ -55,7 +79,7 @@ class MappingSource(Protocol):
 class WriterStats:
     """What the writer believes, for the status line, the bench and the protocol."""
 
-    state: str = "idle"  # idle | waiting_clock | playing | underrun
+    state: str = "idle"  # idle | waiting_clock | playing | underrun | starved | no_device
     error_us: int = 0
     correction_ppm: int = 0
     frames_dropped: int = 0
@@ -65,6 +89,9 @@ class WriterStats:
     buffered_ms: int = 0
     dac_ppm: float | None = None
     heartbeat_local_us: int = 0  # last time the task made progress (for the watchdog)
+    chunks_refused: int = 0  # audio the queue would not take (unbounded / absurd timestamps)
+    device_losses: int = 0
+    starvations: int = 0
 
 
 @attrs.frozen
@@ -77,21 +104,31 @@ class WriterEvent:
 class Writer:
     def __init__(self, output: OutputConfig, dac_latency_us: int, clock: MappingSource,
                  commands: trio.MemoryReceiveChannel, events: trio.MemorySendChannel,
-                 volume: int = 100, muted: bool = False, output_delay_us: int = 0) -> None:
+                 volume: int = 100, muted: bool = False, output_delay_us: int = 0,
+                 max_queued_s: float = MAX_QUEUED_SECONDS) -> None:
         self._output_config = output
         self._dac_latency_us = dac_latency_us
         self._clock = clock
         self._commands = commands
         self._events = events
-        self._queue = TimestampedQueue()
+        self._queue = TimestampedQueue(max_seconds=max_queued_s)
         self._volume = VolumeStage(ramp_frames=480)
         self._volume.set_target(gain_q15(volume, muted), immediate=True)
         self._gain_target = gain_q15(volume, muted)
+        self._muted = muted
+        self._announcement = Announcement()
+        self._announcement_reported = "idle"
+        self._last_shape = PcmShape(48000, 2, 16)  # an announcement alone plays in this
         self._output_delay_us = output_delay_us
         self._controller = RateController()
         self._scheduler = CorrectionScheduler()
         self._dac_rate = DacRateEstimator(48000)
         self._interrupted = False
+        self._last_refusal_us: dict[str, int] = {}  # refusals: one log line per kind and episode
+        self._starved_since_us: int | None = None
+        self._starved_reported = False
+        self._xruns_in_a_row = 0
+        self._device_lost_us: int | None = None  # when the device went away (None: present)
         self.stats = WriterStats()
 
     def reconfigure(self, output: OutputConfig, dac_latency_us: int) -> None:
@@ -105,17 +142,115 @@ class Writer:
         return self._queue.pending_payload_bytes
 
     # ------------------------------------------------------------------ commands
+    @property
+    def queued_us(self) -> int:
+        return self._queue.queued_us
+
+    def _push(self, cmd: PcmChunk) -> None:
+        why = None
+        mapping = self._clock.mapping
+        if mapping is not None:
+            ahead = cmd.server_ts_us - mapping.server_from_local(local_now_us())
+            if ahead > MAX_AHEAD_US:
+                why = f"its timestamp is {ahead / 1e6:.0f} s in the future"
+            elif ahead < -MAX_BEHIND_US:
+                why = f"its timestamp is {-ahead / 1e6:.0f} s in the past"
+        if why is None:
+            why = self._queue.push(cmd.server_ts_us, cmd.pcm, cmd.shape, cmd.payload_bytes)
+        if why is None:
+            return
+        self.stats.chunks_refused += 1
+        now = local_now_us()
+        kind = "future" if "future" in why else "past" if "past" in why else "full"
+        last = self._last_refusal_us.get(kind)
+        if last is None or now - last > REFUSALS_QUIET_US:
+            log.warning("refusing audio from the server: %s (%d refused so far; more like it "
+                        "within %.0f s are not logged)", why, self.stats.chunks_refused,
+                        REFUSALS_QUIET_US / 1e6)
+        self._last_refusal_us[kind] = now
+
     def _apply(self, cmd: WriterCommand) -> None:
         if isinstance(cmd, PcmChunk):
-            self._queue.push(cmd.server_ts_us, cmd.pcm, cmd.shape, cmd.payload_bytes)
+            self._push(cmd)
         elif isinstance(cmd, (Flush, EndStream)):
             self._queue.clear()
             self._interrupted = True
         elif isinstance(cmd, SetVolume):
             self._gain_target = gain_q15(cmd.volume, cmd.muted)
+            self._muted = cmd.muted
             self._volume.set_target(self._gain_target)
+        elif isinstance(cmd, (AnnouncementStart, AnnouncementAudio, AnnouncementEnd,
+                              AnnouncementStop)):
+            self._apply_announcement(cmd)
         elif isinstance(cmd, SetOutputDelay):
             self._output_delay_us = cmd.delay_us
+
+    def _apply_announcement(self, cmd) -> None:
+        now = local_now_us()
+        ann = self._announcement
+        if isinstance(cmd, AnnouncementStart):
+            mapping = self._clock.mapping
+            start_local = mapping.local_from_server(cmd.start_server_us) if mapping else None
+            ann.start(cmd, start_local, now)
+        elif isinstance(cmd, AnnouncementAudio):
+            if not ann.add(cmd, now):
+                log.warning("announcement audio dropped (no announcement, or over a minute)")
+        elif isinstance(cmd, AnnouncementEnd):
+            ann.end()
+        else:
+            ann.stop()
+        self._report_announcement()
+
+    def _report_announcement(self) -> None:
+        if self._announcement.state != self._announcement_reported:
+            self._announcement_reported = self._announcement.state
+            self._emit(f"announcement:{self._announcement.state}")
+
+    def _output_block(self, block: np.ndarray, rate: int, dac_local_us: int) -> np.ndarray:
+        """Master volume, and the announcement mixed in while one is on (the block's
+        frames and timing are the media's, untouched)."""
+        if not self._announcement.busy:
+            return self._volume.apply(block)
+        out = self._announcement.mix(block, rate, dac_local_us, self._muted, self._volume,
+                                     local_now_us())
+        self._report_announcement()
+        return out
+
+    async def _play_announcement_alone(self) -> None:
+        """No media: open the output for the announcement and play it (and its ducking
+        release) until it is over or media arrives."""
+        try:
+            out = AlsaOutput(self._output_config, self._last_shape)
+        except AlsaOutputError as exc:
+            log.error("announcement: audio output unavailable: %s", exc)
+            self._announcement.stop()
+            self._report_announcement()
+            return
+        self.stats.state = "announcement"
+        try:
+            while self._announcement.busy and not self._media_waiting():
+                self._drain_commands()
+                self.stats.heartbeat_local_us = local_now_us()
+                zeros = np.zeros((out.period_size, self._last_shape.channels),
+                                 dtype=self._last_shape.dtype)
+                try:
+                    if not out.running():
+                        out.write(zeros)
+                        continue
+                    with trio.move_on_after(max(0.05, 4 * out.period_size / out.rate)):
+                        await out.wait_writable()
+                    report = out.report()
+                    block = np.zeros((report.avail, self._last_shape.channels),
+                                     dtype=self._last_shape.dtype)
+                    out.write(self._output_block(block, out.rate,
+                                                 self._next_dac_local_us(out, report)))
+                except Underrun:
+                    out.drop()
+        finally:
+            out.close()
+
+    def _media_waiting(self) -> bool:
+        return self._queue.head is not None and bool(self._queue.head.chunks)
 
     def _drain_commands(self) -> None:
         while True:
@@ -136,27 +271,67 @@ class Writer:
         while True:
             self.stats.state = "idle"
             try:
-                while self._queue.head is None or not self._queue.head.chunks:
+                while not self._media_waiting() and not self._announcement.busy:
                     self.stats.heartbeat_local_us = local_now_ns() // 1000
                     with trio.move_on_after(HEARTBEAT_S):
                         self._apply(await self._commands.receive())
             except trio.EndOfChannel:
                 return
+            if not self._media_waiting():
+                await self._play_announcement_alone()
+                continue
             self._interrupted = False
             segment = self._queue.head
             try:
                 output = AlsaOutput(self._output_config, segment.shape)
+            except DeviceLost as exc:
+                await self._device_away(exc)
+                continue
             except AlsaOutputError as exc:
                 log.error("audio output unavailable: %s", exc)
                 self._emit("error")
                 self._queue.drop_head()
-                await trio.sleep(OPEN_RETRY_S)
+                await self._sleep_taking_commands(OPEN_RETRY_S)
                 continue
+            if self._device_lost_us is not None:
+                log.warning("audio device %s is back after %.1f s", self._output_config.device,
+                            (local_now_us() - self._device_lost_us) / 1e6)
+                self._device_lost_us = None
             self._volume.set_ramp_frames(segment.shape.sample_rate * VOLUME_RAMP_US // 1_000_000)
+            self._last_shape = segment.shape
             try:
                 await self._play_segment(output, segment)
+            except DeviceLost as exc:
+                output.close()
+                await self._device_away(exc)
             finally:
                 output.close()
+
+    async def _device_away(self, exc: Exception) -> None:
+        """The device failed or cannot be opened: report once, wait, keep the queue current."""
+        if self._device_lost_us is None:
+            self._device_lost_us = local_now_us()
+            self.stats.device_losses += 1
+            log.error("audio device %s unavailable (%s): retrying every %.0f s",
+                      self._output_config.device, exc, OPEN_RETRY_S)
+            self._emit("error")
+        self.stats.state = "no_device"
+        self._starved_since_us, self._starved_reported = None, False
+        self._xruns_in_a_row = 0
+        await self._sleep_taking_commands(OPEN_RETRY_S)
+        mapping = self._clock.mapping
+        if mapping is not None:
+            self._queue.discard_before_server_us(mapping.server_from_local(local_now_us()))
+
+    async def _sleep_taking_commands(self, seconds: float) -> None:
+        """Sleep, still applying commands (the session never blocks on a full channel)."""
+        with trio.move_on_after(seconds):
+            while True:
+                self.stats.heartbeat_local_us = local_now_us()
+                try:
+                    self._apply(await self._commands.receive())
+                except trio.EndOfChannel:
+                    await trio.sleep_forever()
 
     async def _play_segment(self, out: AlsaOutput, seg: Segment) -> None:
         position: int | None = None
@@ -164,6 +339,7 @@ class Writer:
         self._controller.reset()
         self._scheduler.reset()
         self._dac_rate = DacRateEstimator(out.rate)
+        self._starved_since_us, self._starved_reported = None, False
         while True:
             self._drain_commands()
             if self._interrupted:
@@ -172,6 +348,9 @@ class Writer:
             try:
                 position, last_measure_ns, done = await self._step(out, seg, position, last_measure_ns)
             except Underrun:
+                self._xruns_in_a_row += 1
+                if self._xruns_in_a_row >= LOST_AFTER_XRUNS:
+                    raise DeviceLost(f"{self._xruns_in_a_row} underruns in a row") from None
                 self._recover(out)
                 position = None
                 continue
@@ -194,7 +373,8 @@ class Writer:
             self.stats.state = "waiting_clock"
             out.write(np.zeros((report.avail, seg.shape.channels), dtype=seg.shape.dtype))
             return position, last_measure_ns, False
-        next_server_us = mapping.server_from_local(self._next_dac_local_us(out, report))
+        next_dac_local_us = self._next_dac_local_us(out, report)
+        next_server_us = mapping.server_from_local(next_dac_local_us)
         if position is None:
             position = seg.position_of(next_server_us)
             self._started(seg, position)
@@ -209,7 +389,9 @@ class Writer:
             self._controller.update(error_us, dt_us, feed_forward, mapping.error_us)
             self.stats.error_us = error_us
             self.stats.dac_ppm = self._dac_rate.ppm
-        position = self._write_block(out, seg, position, report.avail)
+        position = self._write_block(out, seg, position, report.avail, next_dac_local_us)
+        self._xruns_in_a_row = 0
+        self._check_starved(seg, position)
         self.stats.queued_device_frames = report.queued_frames
         self.stats.buffered_ms = self._queue.buffered_frames(position) * 1000 // out.rate
         if position >= seg.end_frame() and self._queue.has_next_segment():
@@ -217,6 +399,29 @@ class Writer:
             self._queue.drop_head()
             return position, report.tstamp_local_ns, True
         return position, report.tstamp_local_ns, False
+
+    def _check_starved(self, seg: Segment, position: int) -> None:
+        """A stream is on but nothing is queued to play: report ``error`` after a while,
+        ``synchronized`` once audio is there again (the output meanwhile is silence)."""
+        if self._queue.buffered_frames(position) > 0 or self._queue.has_next_segment():
+            if self._starved_since_us is not None:
+                if self._starved_reported:
+                    log.warning("audio again after %.1f s without any",
+                                (local_now_us() - self._starved_since_us) / 1e6)
+                    self.stats.state = "playing"
+                    self._emit("synchronized")
+                self._starved_since_us, self._starved_reported = None, False
+            return
+        now = local_now_us()
+        if self._starved_since_us is None:
+            self._starved_since_us = now
+        elif not self._starved_reported and now - self._starved_since_us >= STARVED_REPORT_US:
+            self._starved_reported = True
+            self.stats.starvations += 1
+            self.stats.state = "starved"
+            log.warning("no audio from the server for %.1f s: playing silence, reporting error",
+                        (now - self._starved_since_us) / 1e6)
+            self._emit("error")
 
     def _next_dac_local_us(self, out: AlsaOutput, report) -> int:
         """Local time at which the next frame written will leave the speaker chain."""
@@ -248,7 +453,8 @@ class Writer:
         out.write(np.zeros((silence, seg.shape.channels), dtype=seg.shape.dtype))
         return position
 
-    def _write_block(self, out: AlsaOutput, seg: Segment, position: int, avail: int) -> int:
+    def _write_block(self, out: AlsaOutput, seg: Segment, position: int, avail: int,
+                     dac_local_us: int) -> int:
         if avail <= 0:
             return position
         corrections = self._scheduler.frames_for(avail, self._controller.ppm)
@@ -259,7 +465,7 @@ class Writer:
         else:
             self.stats.frames_inserted -= corrections
         self.stats.correction_ppm = self._controller.ppm
-        written = out.write(self._volume.apply(block))
+        written = out.write(self._output_block(block, out.rate, dac_local_us))
         if written != block.shape[0]:
             log.warning("device took %d of %d frames", written, block.shape[0])
         return position + avail + corrections

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -1119,6 +1120,46 @@ class Harness:
         if self.session is not None and self.session.active:
             return await self.session.call_between_commits(do_leave)
         return await do_leave()
+
+    async def cmd_inject_audio(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Hostile-server tests: raw player audio frames straight onto a client's socket,
+        past aiosendspin's queue, buffer limit and late-drop.
+
+        ``count`` chunks of ``frames`` frames (the active stream's format, ``signal``
+        default "sine"); the first is stamped server-now + ``offset_us`` (or exactly
+        ``ts_us``), each next one ``step_us`` later (default: one chunk's duration); one
+        is sent every ``interval_ms`` (0: as fast as the socket takes them).  So
+        ``interval_ms`` < the chunk duration is faster than real time, > is slower, and
+        ``offset_us`` of ±hours gives timestamps far in the future or past.
+        """
+        client = self._client(cmd.get("client_id"))
+        conn = getattr(client, "_connection", None)
+        s = self.session
+        if conn is None or s is None:
+            raise CommandError("inject_audio needs a connected client and a started stream")
+        fmt = s.fmt
+        frames = int(cmd.get("frames", max(1, fmt.sample_rate // 40)))
+        count = int(cmd.get("count", 1))
+        signal_name = cmd.get("signal", "sine")
+        duration_us = frames * 1_000_000 // fmt.sample_rate
+        step_us = int(cmd.get("step_us", duration_us))
+        interval_s = float(cmd.get("interval_ms", duration_us / 1000)) / 1000
+        first_ts = int(cmd["ts_us"]) if "ts_us" in cmd else (
+            self.server.clock.now_us() + int(cmd.get("offset_us", 0)))
+        legacy = bool(getattr(conn, "uses_pre_spec_177_wire", True))
+        header = struct.Struct(">Bq" if legacy else ">BqI")
+        lo, hi = -(1 << 63), (1 << 63) - 1
+        started = time.monotonic()
+        for i in range(count):
+            ts = min(max(first_ts + i * step_us, lo), hi)
+            head = header.pack(4, ts) if legacy else header.pack(4, ts, 0)
+            conn.send_priority_message(head + make_pcm(signal_name, i * frames, frames, fmt))
+            if interval_s > 0:
+                await asyncio.sleep(max(0.0, started + (i + 1) * interval_s - time.monotonic()))
+            elif i % 256 == 255:
+                await asyncio.sleep(0.005)  # let the writer drain the priority queue
+        return {"sent": count, "frames": frames, "first_ts_us": first_ts, "step_us": step_us,
+                "seconds": time.monotonic() - started, "header_bytes": header.size}
 
     async def cmd_connect_to_client(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Server-initiated mode: dial the player listening at ``url``."""

@@ -139,19 +139,53 @@ def service_infos(ad: Advertisement, addresses: Sequence[str]) -> list[ServiceIn
 
 
 def server_from_info(info: ServiceInfo, dialect: Dialect) -> DiscoveredServer | None:
-    """The server a resolved record describes; None without a usable IPv4 address,
-    port, or TXT ``path`` starting with '/' (the rule aiosendspin applies to clients)."""
-    props = info.decoded_properties
-    path = props.get("path")
-    addresses = [a for a in info.parsed_addresses(IPVersion.V4Only)
-                 if not ipaddress.ip_address(a).is_link_local
-                 and not ipaddress.ip_address(a).is_unspecified]
-    if not addresses or not info.port or not path or not path.startswith("/"):
+    """The server a resolved record describes (see :func:`server_from_record`)."""
+    return server_from_record(info.name, info.type, info.properties,
+                              info.parsed_addresses(IPVersion.V4Only), info.port, dialect)
+
+
+MAX_TXT_VALUE_CHARS = 255  # a TXT string is at most 255 bytes on the wire
+
+
+def _txt(properties: dict, key: str) -> str | None:
+    """A TXT value as text (invalid UTF-8 replaced), None when absent or valueless."""
+    for k, v in properties.items():
+        name = k.decode("utf-8", "replace") if isinstance(k, (bytes, bytearray)) else str(k)
+        if name.lower() == key:
+            if v is None:
+                return None
+            text = v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
+            return text[:MAX_TXT_VALUE_CHARS]
+    return None
+
+
+def server_from_record(name: str, type_: str, properties: dict, addresses: Sequence[str],
+                       port: int | None, dialect: Dialect) -> DiscoveredServer | None:
+    """The server a resolved DNS-SD record describes: pure, never raises.
+
+    ``properties`` is the raw TXT dict (bytes → bytes or None).  None without a usable
+    IPv4 address (not link-local or unspecified), a port in 1..65535, or a TXT ``path``
+    starting with '/' (the rule aiosendspin applies to clients) that is a plain URL path.
+    """
+    path = _txt(properties, "path")
+    usable = []
+    for a in addresses:
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            continue
+        if ip.version == 4 and not ip.is_link_local and not ip.is_unspecified:
+            usable.append(str(ip))
+    if (not usable or not isinstance(port, int) or not 0 < port < 65536 or not path
+            or not path.startswith("/") or not _URL_PATH.fullmatch(path)):
         return None
-    instance = info.name.removesuffix("." + info.type).rstrip(".")
-    return DiscoveredServer(key=info.name, url=f"ws://{addresses[0]}:{info.port}{path}",
-                            name=props.get("name") or instance,
-                            server_id=props.get("server_id"), dialect=dialect)
+    instance = name.removesuffix("." + type_).rstrip(".")
+    return DiscoveredServer(key=name, url=f"ws://{usable[0]}:{port}{path}",
+                            name=_txt(properties, "name") or instance,
+                            server_id=_txt(properties, "server_id"), dialect=dialect)
+
+
+_URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 
 
 async def _open_zeroconf(interfaces: Interfaces) -> Zeroconf:

@@ -16,7 +16,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from resonate_embedded.clock.local import local_now_us
 
+# Deliberate limits (README "Limits"), used by the dial-out path here and by the listener:
+# the largest legitimate message is an audio chunk (25 ms of 192 kHz x 8 ch x 32 bit is
+# 150 KiB; a server may batch more) or a stream/start with a codec header; 4 MiB leaves
+# room for that and bounds what a hostile server can make us buffer: trio-websocket
+# closes the connection with 1009 (MESSAGE_TOO_BIG) as soon as a message grows past it.
 MAX_MESSAGE_BYTES = 4 << 20
+MESSAGE_QUEUE_SIZE = 64  # received messages waiting for the session (then TCP back-pressure)
 
 
 @attrs.frozen
@@ -46,10 +52,12 @@ class Connection:
 @asynccontextmanager
 async def connect(url: str, timeout_s: float = 10.0) -> AsyncIterator[Connection]:
     """Open a WebSocket to ``url``; raises OSError/HandshakeError/ConnectionTimeout on failure."""
-    async with open_websocket_url(url, max_message_size=MAX_MESSAGE_BYTES, message_queue_size=64,
+    async with open_websocket_url(url, max_message_size=MAX_MESSAGE_BYTES,
+                                  message_queue_size=MESSAGE_QUEUE_SIZE,
                                   connect_timeout=timeout_s, disconnect_timeout=2.0,
                                   receive_buffer_size=65536) as ws:
         yield Connection(ws)
 
 
-__all__ = ["Connection", "ConnectionClosed", "Received", "connect"]
+__all__ = ["MAX_MESSAGE_BYTES", "MESSAGE_QUEUE_SIZE", "Connection", "ConnectionClosed", "Received",
+           "connect"]

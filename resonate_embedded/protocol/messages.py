@@ -18,6 +18,7 @@ import attrs
 from resonate_embedded.audio.formats import CODECS, StreamFormat
 
 MAX_TEXT_MESSAGE_BYTES = 1 << 20
+MAX_TYPE_CHARS = 64  # an unknown message type is kept (and logged) only this long
 
 
 class ProtocolError(ValueError):
@@ -84,6 +85,13 @@ class GroupUpdate:
 
 
 @attrs.frozen
+class ServerState:
+    """``server/state``: role objects (metadata, controller, color), parsed by their roles."""
+
+    payload: dict[str, Any]
+
+
+@attrs.frozen
 class ServerCommand:
     command: str
     volume: int | None = None
@@ -93,10 +101,12 @@ class ServerCommand:
 
 @attrs.frozen
 class StreamStart:
-    """The player part of stream/start (None when the message has no player part)."""
+    """The player part of stream/start (None when the message has no player part), and the
+    announcement role's object as sent (parsed by that role)."""
 
     format: StreamFormat | None
     codec_header: bytes | None
+    announcement: Any = None
 
 
 @attrs.frozen
@@ -113,6 +123,10 @@ class StreamEnd:
 
     def concerns_player(self) -> bool:
         return self.roles is None or "player" in self.roles
+
+    def concerns_announcement(self) -> bool:
+        """Only an explicit listing ends an announcement (spec: omitted roles do not)."""
+        return self.roles is not None and "announcement" in self.roles
 
 
 @attrs.frozen
@@ -174,7 +188,7 @@ class ServerPairStep:
 ServerMessage = Union[
     ServerHello, ServerTime, GroupUpdate, ServerCommand, StreamStart, StreamClear, StreamEnd,
     ServerError, UnknownMessage, SecureServerHello, ServerActivate, ServerPairFinalize, PairAbort,
-    ServerUnpair, ServerPairStep,
+    ServerUnpair, ServerPairStep, ServerState,
 ]
 
 
@@ -230,7 +244,7 @@ def _parse_server_command(p: dict) -> ServerCommand | UnknownMessage:
 def _parse_stream_format(p: dict) -> StreamFormat:
     codec = _field(p, "codec", str)
     if codec not in CODECS:
-        raise ProtocolError(f"unknown codec {codec!r}")
+        raise ProtocolError(f"unknown codec {codec[:40]!r}")
     return StreamFormat(
         codec=codec,
         sample_rate=_int_in(p, "sample_rate", 1, 768_000),
@@ -242,7 +256,7 @@ def _parse_stream_format(p: dict) -> StreamFormat:
 def _parse_stream_start(p: dict) -> StreamStart:
     player = p.get("player")
     if player is None:
-        return StreamStart(None, None)
+        return StreamStart(None, None, p.get("announcement"))
     if not isinstance(player, dict):
         raise ProtocolError("field 'player' is not an object")
     header_b64 = _field(player, "codec_header", str, required=False)
@@ -250,7 +264,7 @@ def _parse_stream_start(p: dict) -> StreamStart:
         header = base64.b64decode(header_b64, validate=True) if header_b64 else None
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(f"codec_header is not base64: {exc}") from None
-    return StreamStart(_parse_stream_format(player), header)
+    return StreamStart(_parse_stream_format(player), header, p.get("announcement"))
 
 
 def _str_list(p: dict, key: str, required: bool = True) -> tuple[str, ...] | None:
@@ -296,6 +310,7 @@ _PARSERS = {
     "server/pair-confirm": lambda p: ServerPairStep("server/pair-confirm", p),
     "server/time": _parse_server_time,
     "group/update": _parse_group_update,
+    "server/state": ServerState,
     "server/command": _parse_server_command,
     "stream/start": _parse_stream_start,
     "stream/clear": lambda p: StreamClear(_roles(p)),
@@ -310,8 +325,8 @@ def parse_server_message(text: str, secure: bool = False) -> ServerMessage:
         raise ProtocolError(f"text message of {len(text)} bytes is too large")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; ints over 4300 digits
+        raise ProtocolError(f"not JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("not an object with a string 'type'")
     payload = obj.get("payload", {})
@@ -323,7 +338,7 @@ def parse_server_message(text: str, secure: bool = False) -> ServerMessage:
     if secure and obj["type"] == "server/hello":
         parser = _parse_secure_server_hello
     if parser is None:
-        return UnknownMessage(obj["type"])
+        return UnknownMessage(obj["type"][:MAX_TYPE_CHARS])
     try:
         return parser(payload)
     except ProtocolError as exc:
@@ -352,6 +367,13 @@ class ClientHello:
     formats: tuple[StreamFormat, ...]
     buffer_capacity: int
     supported_commands: tuple[str, ...] = ("volume", "mute")
+    # Roles beside the player: (role@version, its support object or None), in order.
+    other_roles: tuple[tuple[str, Any], ...] = ()
+
+    def _roles(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"supported_roles": ["player@v1", *(r for r, _ in self.other_roles)]}
+        out.update({f"{r}_support": sup for r, sup in self.other_roles if sup is not None})
+        return out
 
     def to_json(self) -> str:
         support = {
@@ -364,7 +386,7 @@ class ClientHello:
             "name": self.name,
             "version": 1,
             "device_info": attrs.asdict(self.device_info),
-            "supported_roles": ["player@v1"],
+            **self._roles(),
             "player@v1_support": support,
             "player_support": support,
         })
@@ -379,7 +401,7 @@ class ClientHello:
         return _dump("client/hello", {
             "name": self.name,
             "device_info": attrs.asdict(self.device_info),
-            "supported_roles": ["player@v1"],
+            **self._roles(),
             "player@v1_support": {
                 "supported_formats": [attrs.asdict(f) for f in self.formats],
                 "buffer_capacity": self.buffer_capacity,
@@ -419,6 +441,7 @@ class ClientState:
     state: str | None = None  # "synchronized" | "error" | "external_source" (plaintext servers)
     player: PlayerState | None = None
     available: bool | None = None  # encrypted sessions (current spec) say this instead of state
+    announcement: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         payload: dict[str, Any] = {}
@@ -428,6 +451,8 @@ class ClientState:
             payload["state"] = self.state
         if self.player is not None:
             payload["player"] = self.player.to_payload()
+        if self.announcement is not None:
+            payload["announcement"] = self.announcement
         return _dump("client/state", payload)
 
 

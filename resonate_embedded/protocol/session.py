@@ -26,11 +26,13 @@ from resonate_embedded.audio.commands import EndStream, Flush, PcmChunk, SetOutp
 from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
 from resonate_embedded.clock.sync import ClockSync, TimeReply
+from resonate_embedded.log_limit import LogLimiter
 from resonate_embedded.protocol.binary import BinaryFrameError, parse_audio_frame
 from resonate_embedded.protocol.connection import Connection, ConnectionClosed
 from resonate_embedded.protocol.messages import (
     ClientHello, ClientState, GroupUpdate, PairAbort, PlayerState, ProtocolError, SecureServerHello,
     ServerActivate, ServerCommand, ServerError, ServerHello, ServerPairFinalize, ServerPairStep,
+    ServerState,
     ServerTime, ServerUnpair, StreamClear, StreamEnd, StreamStart, UnknownMessage,
     client_goodbye_json, client_message_json, client_pair_finalize_json, client_pair_init_json,
     pair_abort_json, parse_server_message,
@@ -39,6 +41,9 @@ from resonate_embedded.protocol.resonate_dialect import (
     Dialect, SessionUpdate, parse_resonate_audio_frame, parse_resonate_message, player_update_json,
     resonate_hello_json,
 )
+from resonate_embedded.roles.announcement import BINARY_TYPE as ANNOUNCEMENT_BINARY
+from resonate_embedded.roles.announcement import AnnouncementRole
+from resonate_embedded.roles.hub import RoleHub
 from resonate_embedded.state_store import PersistentState
 
 log = logging.getLogger(__name__)
@@ -96,8 +101,12 @@ class Session:
     def __init__(self, conn: Connection, hello: ClientHello, state: PersistentState,
                  save_state: Callable[[], None], clock: ClockSync,
                  to_writer: trio.MemorySendChannel, writer_events: trio.MemoryReceiveChannel,
-                 security: Security | None = None, dialect: Dialect = "sendspin") -> None:
+                 security: Security | None = None, dialect: Dialect = "sendspin",
+                 announcement: AnnouncementRole | None = None,
+                 roles: RoleHub | None = None) -> None:
         self._conn = conn
+        self._roles = roles  # metadata, controller, color: server/state in, commands out
+        self._announcement = announcement  # offered in client/hello when not None
         # "resonate": aioresonate 0.13 (PROTOCOL.md §2.2): player/update instead of
         # client/state, session/update, type-1 audio, no goodbye, no server/command.
         self._resonate = dialect == "resonate"
@@ -129,8 +138,9 @@ class Session:
         self._decoder: Decoder | None = None
         self._time_replies_send, self._time_replies = trio.open_memory_channel(16)
         self.info = SessionInfo()
-        self.last_received_local_us = local_now_us()  # liveness, for the watchdog
-        self._complained: set[str] = set()
+        self.started_local_us = local_now_us()
+        self.last_received_local_us = self.started_local_us  # liveness, for the watchdog
+        self._limited = LogLimiter(log)  # what the server can provoke is logged bounded
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, server_hello: ServerHello | None = None) -> None:
@@ -154,14 +164,52 @@ class Session:
             self._nursery = nursery
             nursery.start_soon(self._clock.run, self._conn.send_text, self._time_replies)
             nursery.start_soon(self._forward_writer_events)
-            if self._secure:
-                nursery.start_soon(self._initial_state_when_synced)
-                nursery.start_soon(self._pairing_timeout)
-                if self._deferred_pairing is not None:
-                    msg, self._deferred_pairing = self._deferred_pairing, None
-                    await self._start_pairing(msg)
-            await self._receive_loop()
-            nursery.cancel_scope.cancel()
+            try:
+                if self._secure:
+                    nursery.start_soon(self._initial_state_when_synced)
+                    nursery.start_soon(self._pairing_timeout)
+                    if self._deferred_pairing is not None:
+                        msg, self._deferred_pairing = self._deferred_pairing, None
+                        await self._start_pairing(msg)
+                await self._receive_loop()
+                nursery.cancel_scope.cancel()
+            finally:
+                if self._roles is not None:
+                    self._roles.clear()
+                await self._stop_announcement()
+
+    async def send_controller_commands(self, commands) -> None:
+        """``client/command`` for each (controller role active; nothing otherwise)."""
+        if not any(r.split("@", 1)[0] == "controller" for r in self._active_roles):
+            log.info("not sending %s: the server has not activated the controller role",
+                     ", ".join(c.command for c in commands))
+            return
+        for command in commands:
+            await self._conn.send_text(command.to_json())
+
+    async def _stop_announcement(self) -> None:
+        """Transport gone: the announcement ends and its ducking is released (spec)."""
+        if self._announcement is None:
+            return
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            await self._to_writer.send(self._announcement.stop())
+
+    def _announcement_active(self) -> bool:
+        return self._announcement is not None and any(
+            r.split("@", 1)[0] == "announcement" for r in self._active_roles)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._secure
+
+    @property
+    def active_roles(self) -> tuple[str, ...]:
+        return tuple(self._active_roles)
+
+    @property
+    def speaking_pairing_code(self) -> bool:
+        return self._speaking
 
     @property
     def activities(self) -> frozenset[str]:
@@ -214,6 +262,7 @@ class Session:
 
     async def _after_hello(self, msg: ServerHello) -> ServerHello:
         self._refuse_downgrade(msg.server_id)
+        self._active_roles = tuple(msg.active_roles)
         self.info.server_id, self.info.server_name = msg.server_id, msg.name
         log.info("connected to server %r (%s)%s", msg.name, msg.server_id,
                  ", Resonate dialect" if self._resonate else "")
@@ -262,10 +311,20 @@ class Session:
                 log.warning("ignoring %s while waiting for %s", type(msg).__name__, what)
         raise SessionRefused(f"no {what} within {timeout_s:.0f} s")
 
+    async def _on_announcement_state(self, state: str) -> None:
+        if self._announcement is None:
+            return
+        self._announcement.state = state
+        if self._announcement_active():
+            await self._conn.send_text(
+                ClientState(announcement=self._announcement.state_object()).to_json())
+
     def _full_state(self, state: str) -> ClientState:
+        announcement = self._announcement.state_object() if self._announcement_active() else None
         if self._secure:  # current spec: "available" and the complete player object, always
-            return ClientState(None, self._player_object(), available=True)
-        return ClientState(state, self._player_object())
+            return ClientState(None, self._player_object(), available=True,
+                               announcement=announcement)
+        return ClientState(state, self._player_object(), announcement=announcement)
 
     def _player_object(self) -> PlayerState:
         return (PlayerState(
@@ -319,7 +378,7 @@ class Session:
                 return parse_resonate_message(text)
             return parse_server_message(text, secure=self._secure)
         except ProtocolError as exc:
-            log.error("ignoring malformed message: %s", exc)
+            self._limited.log(logging.ERROR, "malformed", "ignoring malformed message: %s", exc)
             return None
 
     async def _on_message(self, msg, received_local_us: int) -> None:
@@ -329,6 +388,10 @@ class Session:
             except trio.WouldBlock:
                 pass
         elif isinstance(msg, StreamStart):
+            if msg.announcement is not None and self._announcement_active():
+                cmd = self._announcement.on_stream_start(msg.announcement)
+                if cmd is not None:
+                    await self._to_writer.send(cmd)
             self._on_stream_start(msg)
             if self._resonate and self._decoder is not None:
                 await self._send_player_update(playing=True)
@@ -336,6 +399,10 @@ class Session:
             if msg.concerns_player():
                 await self._to_writer.send(Flush())
         elif isinstance(msg, StreamEnd):
+            if msg.concerns_announcement() and self._announcement_active():
+                end = self._announcement.on_stream_end()
+                if end is not None:
+                    await self._to_writer.send(end)
             if msg.concerns_player():
                 self._decoder = None
                 self.info.stream_format = None
@@ -346,6 +413,9 @@ class Session:
             await self._on_command(msg)
         elif isinstance(msg, GroupUpdate):
             self._on_group_update(msg)
+        elif isinstance(msg, ServerState):
+            if self._roles is not None:
+                self._roles.on_server_state(msg.payload)
         elif isinstance(msg, SessionUpdate):  # Resonate's group/update
             self._on_group_update(GroupUpdate(msg.playback_state, msg.group_id, None))
         elif isinstance(msg, ServerError):
@@ -621,6 +691,8 @@ class Session:
                     self._save_state()
         if msg.group_name is not None:
             self.info.group_name = msg.group_name
+        if self._roles is not None:
+            self._roles.on_group_update(msg.playback_state, msg.group_name)
 
     async def _on_command(self, cmd: ServerCommand) -> None:
         if cmd.command == "volume" and cmd.volume is not None:
@@ -646,11 +718,16 @@ class Session:
             await self._conn.send_text(ClientState(player=delta).to_json())
 
     async def _on_binary(self, frame: bytes) -> None:
+        if frame and frame[0] == ANNOUNCEMENT_BINARY and self._announcement_active():
+            audio = self._announcement.on_chunk(frame)
+            if audio is not None:
+                await self._to_writer.send(audio)
+            return
         try:
             chunk = (parse_resonate_audio_frame(frame) if self._resonate
                      else parse_audio_frame(frame, header_size=self._header_size))
         except BinaryFrameError as exc:
-            log.error("ignoring binary frame: %s", exc)
+            self._limited.log(logging.ERROR, "binary", "ignoring binary frame: %s", exc)
             return
         if chunk is None:
             return
@@ -662,20 +739,24 @@ class Session:
         try:
             pcm = self._decoder.decode(chunk.payload)
         except DecodeError as exc:
-            log.error("dropping undecodable chunk at %d: %s", chunk.server_ts_us, exc)
+            self._limited.log(logging.ERROR, "undecodable", "dropping undecodable chunk at %d: %s",
+                              chunk.server_ts_us, exc)
             return
         if pcm.shape[0]:
             await self._to_writer.send(
                 PcmChunk(chunk.server_ts_us, pcm, self._decoder.shape, len(chunk.payload)))
 
     def _complain_once(self, key: str, text: str) -> None:
-        if key not in self._complained:
-            self._complained.add(key)
-            log.warning(text)
+        """At most once per ``key`` per interval (``key`` may be server-chosen: the limiter
+        bounds how many there can be)."""
+        self._limited.log(logging.WARNING, key, text)
 
     # ------------------------------------------------------------------ writer → server
     async def _forward_writer_events(self) -> None:
         async for event in self._writer_events:
+            if event.state.startswith("announcement:"):
+                await self._on_announcement_state(event.state.split(":", 1)[1])
+                continue
             if self._resonate:
                 continue  # Resonate has no error state to report
             if self._secure:

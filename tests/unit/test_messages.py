@@ -9,7 +9,7 @@ from resonate_embedded.audio.formats import StreamFormat
 from resonate_embedded.protocol.binary import BinaryFrameError, parse_audio_frame
 from resonate_embedded.protocol.messages import (
     ClientHello, ClientState, DeviceInfo, PlayerState, ProtocolError, ServerCommand, ServerHello,
-    StreamClear, StreamEnd, StreamStart, UnknownMessage, parse_server_message,
+    ServerState, StreamClear, StreamEnd, StreamStart, UnknownMessage, parse_server_message,
 )
 
 
@@ -53,7 +53,12 @@ def test_commands():
 
 
 def test_unknown_type_is_tolerated():
-    assert parse_server_message(msg("server/state", {"metadata": {}})) == UnknownMessage("server/state")
+    assert parse_server_message(msg("server/future", {"x": {}})) == UnknownMessage("server/future")
+
+
+def test_server_state_carries_the_role_objects_for_the_roles_to_parse():
+    assert parse_server_message(msg("server/state", {"metadata": {"title": "x"}})) == \
+        ServerState({"metadata": {"title": "x"}})
 
 
 @pytest.mark.parametrize("text", [

@@ -35,3 +35,14 @@ def test_24_bit_does_not_overflow():
     block = np.array([[(1 << 23) - 1, -(1 << 23)]], dtype=np.int32)
     out = v.apply(block)
     assert 0 < out[0, 0] < (1 << 23) and -(1 << 23) < out[0, 1] < 0
+
+
+def test_a_ramp_over_blocks_shorter_than_it_reaches_the_target_exactly():
+    stage = VolumeStage(ramp_frames=2400)
+    stage.set_target(gain_q15(25, False), immediate=True)
+    stage.set_target(UNITY_Q15)
+    block = np.full((100, 2), 1000, dtype=np.int16)
+    for _ in range(30):  # 3000 frames in blocks of 100
+        stage.apply(block)
+    assert stage.current_q15 == UNITY_Q15
+    assert stage.apply(block) is block  # bit-exact again

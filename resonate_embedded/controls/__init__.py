@@ -1,0 +1,1 @@
+"""Physical controls: Linux input devices (buttons, rotary encoder, IR) turned into actions."""

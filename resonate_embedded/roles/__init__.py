@@ -1,0 +1,1 @@
+"""Sendspin roles beside the player: controller, metadata and color (``server/state`` objects)."""
