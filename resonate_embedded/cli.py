@@ -1,4 +1,4 @@
-"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings``."""
+"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings|status|control``."""
 
 from __future__ import annotations
 
@@ -168,6 +168,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(args.socket or socket_path(_state_dir(args)), as_json=args.json)
 
 
+def _cmd_control(args: argparse.Namespace) -> int:
+    from resonate_embedded.control_socket import control_command, socket_path
+
+    return control_command(args.socket or socket_path(_state_dir(args)), args.action, args.steps)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from resonate_embedded.demo import run_demo
 
@@ -205,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(default: control.sock in the state dir)")
     status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     status.set_defaults(func=_cmd_status)
+    from resonate_embedded.roles.controller import ACTIONS
+
+    control = sub.add_parser("control", help="press a button on the running player "
+                                              "(play_pause, next, volume_up, ...)")
+    _state_flags(control)
+    control.add_argument("action", choices=ACTIONS, help="what to do (as a key would)")
+    control.add_argument("--steps", type=int, default=1,
+                         help="volume steps (volume_up/volume_down: 1..100; volume: signed)")
+    control.add_argument("--socket", type=Path, help="the player's control socket "
+                                                     "(default: control.sock in the state dir)")
+    control.set_defaults(func=_cmd_control)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,14 +1,28 @@
-"""``resonate-embedded status``: a local Unix socket answering one JSON status snapshot.
+"""``resonate-embedded status`` and ``control``: a local Unix socket answering one JSON request.
 
 Server side (:func:`serve_status`, a trio task in the player): listens on a Unix socket
-(default ``<state_dir>/control.sock``, see :func:`socket_path`), mode 0600 (owner only),
-and for each connection writes one JSON object (the player's :class:`StatusSnapshot`
-as a dict) followed by a newline, then closes.  There is no network listener and the
-socket reads nothing from its clients.  A stale socket file from a previous run is
-replaced; the socket file is removed when the task ends.
+(default ``<state_dir>/control.sock``, see :func:`socket_path`), mode 0600 (owner only: only
+the player's user, and root, can ask or act), and for each connection reads at most one
+request line, writes one JSON object followed by a newline, then closes.  There is no
+network listener.  A stale socket file from a previous run is replaced; the socket file is
+removed when the task ends.
 
-Client side (:func:`fetch_status`, plain blocking sockets: the CLI runs no trio) and the
-screen (:func:`status_screen`).  The snapshot's keys are defined once, by
+Requests (one JSON object, one line, at most :data:`MAX_REQUEST_BYTES`):
+
+* ``{"request": "status"}`` → the player's :class:`StatusSnapshot` as a dict.  A client that
+  sends nothing (closes its sending side, or stays silent for :data:`REQUEST_TIMEOUT_S`)
+  gets the same, so a bare ``socat - UNIX-CONNECT:control.sock`` still shows the status.
+* ``{"request": "action", "action": "play_pause", "steps": 1}`` → the action (one of
+  :data:`~resonate_embedded.roles.controller.ACTIONS`) is handed to the player's
+  ``on_action`` callback (the same path as a button), and the reply says what was done:
+  ``{"ok": true, "action": ..., "steps": ..., "result": "..."}``.
+
+Anything else (not JSON, unknown request or action, bad ``steps``) is answered with
+``{"error": "..."}`` and logged once (one warning line); the connection is closed and the
+player goes on.
+
+Client side (:func:`fetch_status`, :func:`send_action`; plain blocking sockets: the CLI runs
+no trio) and the screen (:func:`status_screen`).  The snapshot's keys are defined once, by
 :class:`StatusSnapshot` (the player fills it, ``to_dict`` serialises it).
 """
 
@@ -23,10 +37,14 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import attrs
 import trio
+
+from resonate_embedded.roles.controller import (
+    ACTIONS, Action, ControllerError, commands_for, parse_controller,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +53,14 @@ MAX_REPLY_BYTES = 1 << 20
 CLIENT_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 2.0
 SNAPSHOT_VERSION = 1
+MAX_REQUEST_BYTES = 4096
+REQUEST_TIMEOUT_S = 1.0  # a client silent this long is asking for the status
+ACTION_TIMEOUT_S = 5.0  # the player takes the action within this, or the reply says busy
+DRAIN_TIMEOUT_S = 0.5
+MAX_STEPS = 100
+VOLUME_ACTIONS = ("volume_up", "volume_down", "volume")
+
+OnAction = Callable[[Action], Awaitable[Any]]
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -136,11 +162,118 @@ def _bind_owner_only(path: Path) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(sock)
 
 
-async def _answer(conn: trio.socket.SocketType, snapshot: Callable[[], dict[str, Any]]) -> None:
+class RequestError(ValueError):
+    """A request that cannot be carried out (the message is the reply's ``error``)."""
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """Validate one request line: ``{"request": "status"}`` or an action request
+    (``{"request": "action", "action": name, "steps": n}``, normalised: ``steps`` filled in).
+    Raises :class:`RequestError` with a one-line reason."""
+    text = line.strip()
+    if not text:
+        return {"request": "status"}
+    try:
+        req = json.loads(text)
+    except ValueError:
+        raise RequestError("the request is not JSON") from None
+    if not isinstance(req, dict):
+        raise RequestError("the request is not a JSON object")
+    kind = req.get("request", "status")
+    if kind == "status":
+        return {"request": "status"}
+    if kind != "action":
+        raise RequestError(f"unknown request {str(kind)[:40]!r} (status, action)")
+    name = req.get("action")
+    if not isinstance(name, str) or name not in ACTIONS:
+        raise RequestError(f"unknown action {str(name)[:40]!r} (one of {', '.join(ACTIONS)})")
+    steps = req.get("steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise RequestError(f"steps={str(steps)[:40]} is not an integer")
+    if name in VOLUME_ACTIONS:
+        lo = -MAX_STEPS if name == "volume" else 1
+        if not lo <= steps <= MAX_STEPS or steps == 0:
+            raise RequestError(f"{name}: steps={steps} outside "
+                               f"{'±1..' if name == 'volume' else '1..'}{MAX_STEPS}")
+    elif steps != 1:
+        raise RequestError(f"{name}: steps only apply to volume actions")
+    return {"request": "action", "action": name, "steps": steps}
+
+
+async def _read_request(conn: trio.socket.SocketType) -> bytes:
+    """The request line (without newline); empty when the client sends nothing within
+    :data:`REQUEST_TIMEOUT_S` or closes its side first.  Raises :class:`RequestError` when
+    the line is longer than :data:`MAX_REQUEST_BYTES`."""
+    data = b""
+    with trio.move_on_after(REQUEST_TIMEOUT_S):
+        while b"\n" not in data:
+            try:
+                chunk = await conn.recv(MAX_REQUEST_BYTES + 1)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_REQUEST_BYTES and b"\n" not in data[:MAX_REQUEST_BYTES + 1]:
+                raise RequestError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+    return data.split(b"\n", 1)[0]
+
+
+def _outcome(action: Action, before: dict[str, Any] | None) -> str:
+    """What the player does with ``action``, predicted from the status just before it by
+    the rule the player applies (``Player._carry_out``: a server with the controller role
+    gets the ``client/command`` messages of :func:`commands_for`, else this speaker changes)."""
+    controller = before.get("controller") if before and before.get("connected") else None
+    if isinstance(controller, dict):
+        server = before.get("server_name") or before.get("server_id") or "the server"
+        try:
+            state = parse_controller(controller)
+        except ControllerError:
+            state = None
+        if state is not None:
+            # The step size only matters for the value, not for whether anything is sent.
+            sent = commands_for(action, state, before.get("playback_state"), 1)
+            if sent:
+                return f"sent to {server} as client/command {', '.join(c.command for c in sent)}"
+            return (f"not sent: nothing {server} supports now (supported_commands: "
+                    f"{', '.join(sorted(state.supported_commands)) or 'none'})")
+    if action.volume_steps() or action.name == "mute":
+        return "applied to this speaker (no server with the controller role): volume/mute saved"
+    return "nothing to do without a server with the controller role"
+
+
+async def _act(request: dict[str, Any], snapshot: Callable[[], dict[str, Any]],
+               on_action: OnAction | None) -> dict[str, Any]:
+    if on_action is None:
+        raise RequestError("this player takes no actions over the control socket")
+    action = Action(request["action"], request["steps"])
+    try:
+        before = snapshot()
+    except Exception:  # the outcome text is a courtesy; the action still goes through
+        before = None
+    with trio.move_on_after(ACTION_TIMEOUT_S) as scope:
+        result = await on_action(action)
+    if scope.cancelled_caught:
+        raise RequestError(f"the player did not take the action within {ACTION_TIMEOUT_S:g} s")
+    return {"ok": True, "action": action.name, "steps": action.steps,
+            "result": result if isinstance(result, str) else _outcome(action, before)}
+
+
+async def _answer(conn: trio.socket.SocketType, snapshot: Callable[[], dict[str, Any]],
+                  on_action: OnAction | None = None) -> None:
     with conn:
         try:
-            data = snapshot()
+            request = parse_request(await _read_request(conn))
+            if request["request"] == "action":
+                data = await _act(request, snapshot, on_action)
+                log.info("control socket: %s%s", request["action"],
+                         f" ×{request['steps']}" if request["steps"] != 1 else "")
+            else:
+                data = snapshot()
             body = json.dumps(data, separators=(",", ":"), default=str)
+        except RequestError as exc:
+            log.warning("control socket: refused a request: %s", exc)
+            body = json.dumps({"error": str(exc)})
         except Exception as exc:  # a bug in the snapshot must not take the player down
             log.warning("status snapshot failed: %s", exc)
             body = json.dumps({"error": f"snapshot failed: {exc}"})
@@ -151,16 +284,27 @@ async def _answer(conn: trio.socket.SocketType, snapshot: Callable[[], dict[str,
                 while view:
                     sent = await conn.send(view)
                     view = view[sent:]
+                # Closing with unread input would reset the connection and the client
+                # could lose the reply (an oversized request): end our side, then read
+                # what is left (bounded) until the client closes.
+                conn.shutdown(socket.SHUT_WR)
+                with trio.move_on_after(DRAIN_TIMEOUT_S):
+                    left = MAX_REQUEST_BYTES * 16
+                    while left > 0 and (chunk := await conn.recv(65536)):
+                        left -= len(chunk)
             except OSError:
                 pass  # the client went away
 
 
-async def serve_status(path: Path, snapshot: Callable[[], dict[str, Any]], *,
+async def serve_status(path: Path, snapshot: Callable[[], dict[str, Any]],
+                       on_action: OnAction | None = None, *,
                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer status requests on ``path`` until cancelled (use ``nursery.start``).
+    """Answer status and action requests on ``path`` until cancelled (use ``nursery.start``).
 
-    ``snapshot`` is called once per connection, in the trio thread, and must return a
-    JSON-serialisable dict (``StatusSnapshot(...).to_dict()``).  If the socket cannot be
+    ``snapshot`` is called once per status request, in the trio thread, and must return a
+    JSON-serialisable dict (``StatusSnapshot(...).to_dict()``).  ``on_action`` (the player's
+    ``act``) is awaited with each valid :class:`Action`; what it returns, if a string, is the
+    reply's ``result``.  Without it action requests are refused.  If the socket cannot be
     created, one warning is logged and the task idles (status is a convenience: the
     player plays on).
     """
@@ -180,7 +324,7 @@ async def serve_status(path: Path, snapshot: Callable[[], dict[str, Any]], *,
                     log.warning("status socket accept: %s", exc.strerror or exc)
                     await trio.sleep(0.5)
                     continue
-                nursery.start_soon(_answer, conn, snapshot)
+                nursery.start_soon(_answer, conn, snapshot, on_action)
     finally:
         sock.close()
         try:
@@ -196,16 +340,23 @@ class StatusUnavailable(Exception):
     """The player could not be asked (message says why and what to check)."""
 
 
-def fetch_status(path: Path, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
-    """Ask the player at ``path`` for its snapshot (blocking; raises :class:`StatusUnavailable`)."""
+def request(path: Path, req: dict[str, Any], timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
+    """Send one request to the player at ``path`` and return its JSON reply (blocking;
+    raises :class:`StatusUnavailable`)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     chunks: list[bytes] = []
     try:
         sock.connect(os.fspath(path))
+        sock.sendall((json.dumps(req, separators=(",", ":")) + "\n").encode())
         size = 0
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                if chunks:  # a player that does not read requests answered and closed
+                    break
+                raise
             if not chunk:
                 break
             size += len(chunk)
@@ -232,6 +383,18 @@ def fetch_status(path: Path, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, A
     if not isinstance(data, dict):
         raise StatusUnavailable(f"{path}: the answer is not a JSON object")
     return data
+
+
+def fetch_status(path: Path, timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the player at ``path`` for its snapshot (blocking; raises :class:`StatusUnavailable`)."""
+    return request(path, {"request": "status"}, timeout_s)
+
+
+def send_action(path: Path, action: str, steps: int = 1,
+                timeout_s: float = ACTION_TIMEOUT_S + CLIENT_TIMEOUT_S) -> dict[str, Any]:
+    """Ask the player at ``path`` to carry out ``action`` (blocking); the reply
+    (``{"ok": true, ...}`` or ``{"error": ...}``).  Raises :class:`StatusUnavailable`."""
+    return request(path, {"request": "action", "action": action, "steps": steps}, timeout_s)
 
 
 # --------------------------------------------------------------------------- the screen
@@ -332,6 +495,24 @@ def status_command(path: Path, as_json: bool = False) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(status_screen(data))
+    return 0
+
+
+def control_command(path: Path, action: str, steps: int = 1) -> int:
+    """The ``control`` CLI: hand ``action`` to the running player and print what happened;
+    exit status 0, 1 when the player cannot be asked, 2 when it refused the request."""
+    try:
+        reply = send_action(path, action, steps)
+    except StatusUnavailable as exc:
+        print(f"resonate-embedded control: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"resonate-embedded control: the player refused: {reply.get('error', reply)}",
+              file=sys.stderr)
+        return 2
+    what = reply.get("action", action)
+    count = reply.get("steps", steps)
+    print(f"{what}{f' ×{count}' if count != 1 else ''}: {reply.get('result', 'done')}")
     return 0
 
 

@@ -168,7 +168,7 @@ class Player:
         sup.add("signals", self._on_signals)
         sup.add("systemd", self._notify_systemd)
         sup.add("status socket", partial(serve_status, socket_path(self.config.state_dir),
-                                         lambda: snapshot(self).to_dict()))
+                                         lambda: snapshot(self).to_dict(), self.act))
         sup.add("controls", self._controls)
         sup.add("status light", partial(StatusLight(self.config.led_config()).run,
                                         lambda: light_state(self), self.roles.colors.rgb_at))

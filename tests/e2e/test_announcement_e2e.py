@@ -58,7 +58,10 @@ def msg(kind: str, payload: dict) -> str:
 class AnnouncementServer:
     """Sendspin v1, roles player@v1 + announcement@v1, clock = CLOCK_MONOTONIC_RAW."""
 
-    def __init__(self) -> None:
+    def __init__(self, stereo: bool = False) -> None:
+        # stereo: 48 kHz 2 ch, tone in channel 1 only, no ducking — channel 0 stays the
+        # media's, so the media's sync can be measured *during* the announcement
+        self.stereo = stereo
         self.hello: dict | None = None
         self.states: list[dict] = []
         self.chunks: list[dict] = []
@@ -103,8 +106,11 @@ class AnnouncementServer:
         self.ann_start_us = t0 + int(ANN_AT_S * 1e6)
         await ws.send_message(msg("stream/start", {"player": {
             "codec": "pcm", "sample_rate": RATE, "channels": 2, "bit_depth": 16}}))
-        tone = np.round(TONE * np.cos(2 * np.pi * 1000 * np.arange(int(ANN_S * ANN_RATE))
-                                      / ANN_RATE)).astype("<i2")
+        rate = RATE if self.stereo else ANN_RATE
+        tone = np.round(TONE * np.cos(2 * np.pi * 1000 * np.arange(int(ANN_S * rate))
+                                      / rate)).astype("<i2")
+        if self.stereo:
+            tone = np.stack([np.zeros_like(tone), tone], axis=1).reshape(-1)
         ann_sent = 0
         total = int(MEDIA_S * RATE)
         for first in range(0, total, CHUNK):
@@ -117,13 +123,13 @@ class AnnouncementServer:
                                 "server_ts_us": ts, "format": {"sample_rate": RATE}})
             if ts >= self.ann_start_us - DUCK_LEAD_S * 1e6 and ann_sent == 0:
                 await ws.send_message(msg("stream/start", {"announcement": {
-                    "codec": "pcm", "sample_rate": ANN_RATE, "channels": 1, "bit_depth": 16,
-                    "start_timestamp": self.ann_start_us, "media_duck_db": DUCK_DB,
-                    "duck_ramp_ms": 50}}))
+                    "codec": "pcm", "sample_rate": rate, "channels": 2 if self.stereo else 1,
+                    "bit_depth": 16, "start_timestamp": self.ann_start_us,
+                    "media_duck_db": 0 if self.stereo else DUCK_DB, "duck_ramp_ms": 50}}))
             if ts >= self.ann_start_us - DUCK_LEAD_S * 1e6 and ann_sent < tone.size:
                 # a little faster than real time, as a TTS engine streaming its reply
                 for _ in range(2):
-                    part = tone[ann_sent:ann_sent + ANN_CHUNK]
+                    part = tone[ann_sent:ann_sent + ANN_CHUNK * (4 if self.stereo else 1)]
                     if part.size:
                         await ws.send_message(b"\x18" + part.tobytes())
                         ann_sent += part.size
@@ -134,8 +140,8 @@ class AnnouncementServer:
         await ws.send_message(msg("stream/end", {"roles": ["player"]}))
 
 
-def test_announcement_mixes_ducks_and_leaves_the_media_timeline_alone(tmp_path):
-    server = AnnouncementServer()
+def run_player_against(server: AnnouncementServer, tmp_path: Path) -> str:
+    """The player process against ``server`` until its stream is over; the player's log."""
     log_path = tmp_path / "player.log"
 
     async def main():
@@ -161,6 +167,12 @@ def test_announcement_mixes_ducks_and_leaves_the_media_timeline_alone(tmp_path):
     code = trio.run(main)
     player_log = log_path.read_text()
     assert code == 0, player_log[-3000:]
+    return player_log
+
+
+def test_announcement_mixes_ducks_and_leaves_the_media_timeline_alone(tmp_path):
+    server = AnnouncementServer()
+    player_log = run_player_against(server, tmp_path)
     support = server.hello["announcement@v1_support"]
     assert "announcement@v1" in server.hello["supported_roles"]
     assert {"codec": "pcm", "sample_rate": ANN_RATE, "channels": 1, "bit_depth": 16} \
@@ -204,3 +216,31 @@ def test_announcement_mixes_ducks_and_leaves_the_media_timeline_alone(tmp_path):
     reported = [s["announcement"]["state"] for s in server.states if "announcement" in s]
     assert reported[0] == "idle" and "playing" in reported and reported[-1] == "idle"
     assert "Traceback" not in player_log
+
+
+def test_media_sync_is_unchanged_while_an_announcement_plays(tmp_path):
+    """No ducking and the announcement in channel 1 only: channel 0 is the media's index
+    (K mod 32768), so the media's sync error is measured before, during and after."""
+    server = AnnouncementServer(stereo=True)
+    player_log = run_player_against(server, tmp_path)
+    log = read_paced_log(tmp_path / "play.plog")
+    table = ChunkTable.from_events(server.chunks)
+    m = match(log, table)
+    ann_start_ns = server.ann_start_us * 1000
+    before = m.play_ns < ann_start_ns - int((DUCK_LEAD_S + 0.9) * 1e9)
+    samples = log.all_samples().astype(np.int64)
+    times = np.concatenate([span.play_times_ns() for span in log.spans])
+    k_est = m.k[before][-1] + np.round((times - m.play_ns[before][-1]) * RATE / 1e9).astype(np.int64)
+    during = (times > ann_start_ns + 50_000_000) & (times < ann_start_ns + int((ANN_S - 0.05) * 1e9))
+    assert np.abs(samples[during, 1]).max() > TONE // 2, "no announcement in channel 1"
+    low = samples[during, 0]
+    k = (k_est[during] & ~0x7FFF) | low  # the high part from the timeline, the low part heard
+    k += np.where(k - k_est[during] > 16384, -32768, np.where(k_est[during] - k > 16384, 32768, 0))
+    server_ns, ok = table.server_ns(k)
+    assert ok.all()
+    error_during = (times[during] - server_ns) / 1000
+    s_before, s_during = summarize(m.error_us[before]), summarize(error_during)
+    print(f"\n[sync] media before the announcement: {s_before.line()}"
+          f"\n[sync] media during the announcement: {s_during.line()}")
+    assert abs(np.median(error_during) - np.median(m.error_us[before])) < 150
+    assert "announcement finished" in player_log and "Traceback" not in player_log
