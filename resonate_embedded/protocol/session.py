@@ -103,8 +103,9 @@ class Session:
                  to_writer: trio.MemorySendChannel, writer_events: trio.MemoryReceiveChannel,
                  security: Security | None = None, dialect: Dialect = "sendspin",
                  announcement: AnnouncementRole | None = None,
-                 roles: RoleHub | None = None) -> None:
+                 roles: RoleHub | None = None, extra_lead_time_ms: int = 0) -> None:
         self._conn = conn
+        self._extra_lead_time_ms = extra_lead_time_ms  # e.g. the amplifier's warm-up
         self._roles = roles  # metadata, controller, color: server/state in, commands out
         self._announcement = announcement  # offered in client/hello when not None
         # "resonate": aioresonate 0.13 (PROTOCOL.md §2.2): player/update instead of
@@ -226,20 +227,19 @@ class Session:
         self._deferred_pairing = None
         self._end_pairing_attempt()
         await self._stop_speaking()
-        with trio.move_on_after(1.0) as scope:
-            scope.shield = True
-            try:
-                await self._conn.send_text(pair_abort_json(reason))
-            except (ConnectionClosed, trio.BrokenResourceError, OSError):
-                pass
+        await self._send_last_words(pair_abort_json(reason))
 
     async def goodbye(self, reason: str) -> None:
         if self._resonate:
             return  # Resonate has no client/goodbye
+        await self._send_last_words(client_goodbye_json(reason))
+
+    async def _send_last_words(self, text: str) -> None:
+        """Send ``text`` before closing: at most 1 s, even when cancelled; a dead socket is fine."""
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             try:
-                await self._conn.send_text(client_goodbye_json(reason))
+                await self._conn.send_text(text)
             except (ConnectionClosed, trio.BrokenResourceError, OSError):
                 pass
 
@@ -330,7 +330,8 @@ class Session:
         return (PlayerState(
             volume=self._state.volume, muted=self._state.muted,
             output_delay_ms=self._state.output_delay_ms,
-            required_lead_time_ms=REQUIRED_LEAD_TIME_MS, min_buffer_ms=MIN_BUFFER_MS,
+            required_lead_time_ms=REQUIRED_LEAD_TIME_MS + self._extra_lead_time_ms,
+            min_buffer_ms=MIN_BUFFER_MS,
             supported_commands=PLAYER_COMMANDS))
 
     async def _initial_state_when_synced(self) -> None:

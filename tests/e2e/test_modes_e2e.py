@@ -95,6 +95,16 @@ def assert_bit_exact_and_contiguous(m: Matched, seconds: float, tmp_path: Path) 
     assert (~m.bit_exact).sum() <= corrections, f"{(~m.bit_exact).sum()} frames not bit-exact"
 
 
+def assert_played_on_time(events: list[dict], tmp_path: Path, shift_us: int = 0) -> None:
+    """What the paced device played is the server's audio, bit-exact, contiguous and on
+    time (median |error| < 1 ms); prints the sync figure (``pytest -s``)."""
+    m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events, shift_us))
+    assert_bit_exact_and_contiguous(m, 3, tmp_path)
+    s = summarize(m.error_us)
+    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
+    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+
+
 def raw_minus_server_us(ready: dict) -> int:
     """How far the server's clock (µs) is behind CLOCK_MONOTONIC_RAW, from ``ready``."""
     diffs = ready["clock_diffs_us"]  # server now − clock, per kernel clock
@@ -121,11 +131,7 @@ def test_server_initiated_mode_is_dialled_and_plays_on_time(tmp_path):
             return await play(srv, tmp_path, ["--listen-port", str(port)], before_start=dial)
 
     events = trio.run(main)
-    m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
-    assert_bit_exact_and_contiguous(m, 3, tmp_path)
-    s = summarize(m.error_us)
-    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
-    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert_played_on_time(events, tmp_path)
     assert "server connected from" in (tmp_path / "player.log").read_text()
 
 
@@ -140,12 +146,7 @@ def test_resonate_server_plays_bit_exact_and_on_time(tmp_path):
     added = next(e for e in events if e.get("event") == "client_added")
     assert added["roles"] == ["player"]
     # aioresonate stamps in CLOCK_MONOTONIC; the paced log is in CLOCK_MONOTONIC_RAW
-    m = match(read_paced_log(tmp_path / "play.plog"),
-              chunk_table(events, raw_minus_server_us(ready)))
-    assert_bit_exact_and_contiguous(m, 3, tmp_path)
-    s = summarize(m.error_us)
-    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
-    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert_played_on_time(events, tmp_path, raw_minus_server_us(ready))
     player_log = (tmp_path / "player.log").read_text()
     assert "Resonate dialect" in player_log
     assert "encrypted" not in player_log  # a /resonate URL skips the Noise attempt
@@ -160,12 +161,7 @@ def test_sendspin_v1_server_plays_bit_exact(tmp_path):
             return srv.ready, await play(srv, tmp_path, ["--server", srv.url])
 
     ready, events = trio.run(main)
-    m = match(read_paced_log(tmp_path / "play.plog"),
-              chunk_table(events, raw_minus_server_us(ready)))
-    assert_bit_exact_and_contiguous(m, 3, tmp_path)
-    s = summarize(m.error_us)
-    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
-    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert_played_on_time(events, tmp_path, raw_minus_server_us(ready))
 
 
 async def wait_listening(port: int) -> None:
@@ -267,12 +263,7 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
                                          before_start=dial)
 
     ready, events = trio.run(main)
-    m = match(read_paced_log(tmp_path / "play.plog"),
-              chunk_table(events, raw_minus_server_us(ready)))
-    assert_bit_exact_and_contiguous(m, 3, tmp_path)
-    s = summarize(m.error_us)
-    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
-    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert_played_on_time(events, tmp_path, raw_minus_server_us(ready))
     log = (tmp_path / "player.log").read_text()
     assert "server connected from" in log
     if which == "sendspin2":
@@ -292,10 +283,6 @@ def test_run_without_a_server_is_found_by_mdns_and_played(tmp_path):
                                               "--mdns-interface", "127.0.0.1"])
 
     events = trio.run(main)
-    m = match(read_paced_log(tmp_path / "play.plog"), chunk_table(events))
-    assert_bit_exact_and_contiguous(m, 3, tmp_path)
-    s = summarize(m.error_us)
-    print(f"\n[sync] {os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}: {s.line()}")
-    assert np.median(np.abs(m.error_us)) < ON_TIME_US, s.line()
+    assert_played_on_time(events, tmp_path)
     log = (tmp_path / "player.log").read_text()
     assert "server connected from" in log and "encrypted, unpaired" in log
