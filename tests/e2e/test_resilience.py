@@ -6,8 +6,10 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 from trio_websocket import serve_websocket
@@ -89,8 +91,11 @@ def free_port() -> int:
 
 
 def test_speaker_comes_back_after_a_server_restart(tmp_path):
+    """The server is killed (SIGKILL) mid-stream and comes back 5 s later on the same port:
+    the speaker reconnects within 3 s of its return and plays again, on its own."""
     port = free_port()
     log = tmp_path / "restart.plog"
+    fmt = {"cmd": "start", "format": {"sample_rate": 48000, "bit_depth": 16, "channels": 2}}
 
     async def main():
         cmd = [sys.executable, "-m", "resonate_embedded.cli", "run",
@@ -101,17 +106,30 @@ def test_speaker_comes_back_after_a_server_restart(tmp_path):
         try:
             async with start_test_server(find_server_python(), port=port) as srv:
                 first = await srv.wait_event("client_added", timeout=30)
+                await srv.command(fmt)
+                await trio.sleep(3)
+                srv.process.kill()  # mid-stream, no goodbye
+                await srv.process.wait()
+            await trio.sleep(5)
             async with start_test_server(find_server_python(), port=port) as srv:
+                back_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) // 1000
                 again = await srv.wait_event("client_added", timeout=30)
+                reconnect_s = (time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) // 1000 - back_us) / 1e6
                 assert again["client_id"] == first["client_id"]
-                await srv.command({"cmd": "start", "format": {
-                    "sample_rate": 48000, "bit_depth": 16, "channels": 2}})
+                await srv.command(fmt)
                 await trio.sleep(3)
         finally:
             assert await stop_process(proc) == 0
+        return back_us, reconnect_s
 
-    trio.run(main)
+    back_us, reconnect_s = trio.run(main)
     from resonate_embedded.paced.log import read_paced_log
     played = read_paced_log(log)
-    assert sum(s.samples.any(axis=1).sum() for s in played.spans) > 48000
+    times = np.concatenate([s.play_times_ns()[s.samples.any(axis=1)] for s in played.spans])
+    again = times[times > back_us * 1000]
+    assert again.size > 48000, "no audio after the server came back"
+    sound_s = (again[0] / 1000 - back_us) / 1e6
+    print(f"\n[fault] server restart: reconnected {reconnect_s:.2f} s after the server was back, "
+          f"audio {sound_s:.2f} s after (the server starts its stream on reconnection)")
+    assert reconnect_s < 3.0
     assert "reconnecting" in Path(tmp_path / "player.log").read_text()
