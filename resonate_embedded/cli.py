@@ -1,4 +1,4 @@
-"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings|status|control``."""
+"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings|status|control|setup-page``."""
 
 from __future__ import annotations
 
@@ -180,6 +180,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_setup_page(args: argparse.Namespace) -> int:
+    from resonate_embedded.setup.web import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="resonate-embedded")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     control.add_argument("--socket", type=Path, help="the player's control socket "
                                                      "(default: control.sock in the state dir)")
     control.set_defaults(func=_cmd_control)
+    from resonate_embedded.setup import add_arguments as _setup_page_flags
+
+    setup_page = sub.add_parser("setup-page", help="the setup hotspot's web page (try it with "
+                                                   "--fake-network)")
+    _setup_page_flags(setup_page)
+    setup_page.set_defaults(func=_cmd_setup_page)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -190,6 +190,18 @@ class Config:
     led_status: str | None = None
     led_rgb: tuple[str, str, str] | None = attrs.field(default=None, converter=_to_led_names)
     led_multicolor: str | None = attrs.field(default=None, validator=_check_leds)
+    # Amplifier power (resonate_embedded/amplifier.py): the GPIO line that switches it (None:
+    # no amplifier control), its active level, warm-up before the first sample (added to
+    # the lead time the player asks for) and idle time before it is switched off.
+    amp_gpio_chip: str = "gpiochip0"
+    amp_gpio_line: int | None = attrs.field(default=None,
+                                            validator=attrs.validators.optional(_in_range(0, 1023)))
+    amp_active_low: bool = False
+    amp_warmup_ms: int = attrs.field(default=200, validator=_in_range(0, 5000))
+    amp_idle_off_s: int = attrs.field(default=60, validator=_in_range(1, 3600))
+    # Say the speaker's name and address through the DAC once, on the first start (the SD
+    # image's generated config turns it on; off by default so test runs stay silent).
+    say_where_at_first_boot: bool = False
 
     def keymap(self):
         """The validated :class:`~resonate_embedded.controls.keymap.KeyMap` of these settings."""
@@ -216,6 +228,11 @@ class Config:
             raise ConfigError(f"server={self.server!r}: must be a ws:// or wss:// URL")
         if self.encryption not in ENCRYPTION_MODES:
             raise ConfigError(f"encryption={self.encryption!r}: must be one of {', '.join(ENCRYPTION_MODES)}")
+        if not isinstance(self.amp_gpio_chip, str) or not (
+                self.amp_gpio_chip.startswith("/dev/")
+                or (self.amp_gpio_chip.startswith("gpiochip") and self.amp_gpio_chip[8:].isdigit())):
+            raise ConfigError(f"amp_gpio_chip={self.amp_gpio_chip!r}: must be a GPIO chip name "
+                              "like \"gpiochip0\" or a path like \"/dev/gpiochip0\"")
         if self.server is not None and self.discover:
             raise ConfigError("discover=true and server: give one or the other")
         if self.mdns_interface is not None:
@@ -225,7 +242,7 @@ class Config:
                 raise ConfigError(f"mdns_interface={self.mdns_interface!r}: must be an IPv4 "
                                   "address of this host's interface") from None
         for key in ("unpaired_access", "spoken_pairing_code", "discover", "advertise_resonate",
-                    "announcements"):
+                    "announcements", "amp_active_low", "say_where_at_first_boot"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be true or false")
 

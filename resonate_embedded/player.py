@@ -47,7 +47,9 @@ from resonate_embedded.state_store import StateStore, adopt_client_id
 from resonate_embedded.control_socket import serve_status, socket_path
 from resonate_embedded.controls.evdev_input import InputReader
 from resonate_embedded.light import StatusLight
-from resonate_embedded.roles.controller import Action, apply_locally
+from resonate_embedded.roles.controller import LOCAL_ACTIONS, Action, apply_locally
+from resonate_embedded.amplifier import Amplifier, AmplifierError, open_switch
+from resonate_embedded.audio.announcement import AnnouncementAudio, AnnouncementEnd, AnnouncementStart
 from resonate_embedded.status import format_status, light_state, snapshot
 from resonate_embedded.supervisor import Supervisor
 from resonate_embedded.systemd import Notifier
@@ -56,12 +58,17 @@ from resonate_embedded.clock.local import local_now_us
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 2.0  # a speaker is back within 3 s of its server's return; a LAN dial is cheap
 STABLE_SESSION_S = 10.0
 STATUS_INTERVAL_S = 5.0
 WRITER_STALL_US = 3_000_000
 SESSION_STALL_US = 60_000_000  # twice the session's own silence limit
 DISCOVER_TIMEOUT_S = 10.0
+WHERE_FLAG = "where-spoken"  # in the state dir: the first-boot "where is it" was said
+WHERE_WAIT_S = 300.0  # first boot: how long to wait for a network address
+WHERE_LEAD_US = 300_000  # the spoken address starts this far ahead
+WHERE_MIN_VOLUME = 50  # said audibly even on a quiet speaker (mute still silences it)
+WHERE_DUCK_DB = 20  # music playing meanwhile is this much quieter
 
 
 @attrs.define(eq=False)
@@ -108,7 +115,8 @@ _CONNECTION_KEYS = {"server", "name", "formats", "buffer_seconds", "encryption",
                     "announcements",
                     "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
                     "mdns_interface", "client_id"}
-_NEEDS_RESTART = {"state_dir", "stats"}
+_NEEDS_RESTART = {"state_dir", "stats", "amp_gpio_chip", "amp_gpio_line", "amp_active_low",
+                  "amp_warmup_ms", "amp_idle_off_s"}
 
 
 class Player:
@@ -135,6 +143,8 @@ class Player:
             self.clock, writer_commands, events_send, self.state.volume, self.state.muted,
             self.state.output_delay_ms * 1000,
             max_queued_s=max(30, 2 * config.buffer_seconds))
+        self.amplifier = self._open_amplifier(config)
+        self.writer.power = self.amplifier
         self.session: Session | None = None
         self.roles = RoleHub(self._server_to_local_us, config.announcements)
         self._actions_send, self._actions = trio.open_memory_channel(64)
@@ -173,9 +183,75 @@ class Player:
         sup.add("status light", partial(StatusLight(self.config.led_config()).run,
                                         lambda: light_state(self), self.roles.colors.rgb_at))
         sup.add("track log", self._log_track_changes)
+        if self.amplifier is not None:
+            sup.add("amplifier", self.amplifier.run)
+        sup.add("where at first boot", self._say_where_at_first_boot)
         if self.config.stats:
             sup.add("status line", self._print_status)
-        await sup.run()
+        try:
+            await sup.run()
+        finally:
+            if self.amplifier is not None:
+                self.amplifier.close()
+
+    @staticmethod
+    def _open_amplifier(config: Config) -> Amplifier | None:
+        """The amplifier's power switch (None: not configured, or its GPIO cannot be used:
+        then the speaker plays without switching it, after one error line)."""
+        try:
+            switch = open_switch(config)
+        except AmplifierError as exc:
+            log.error("amplifier power control off: %s", exc)
+            return None
+        if switch is None:
+            return None
+        log.info("amplifier power on %s line %d%s: warm-up %d ms, off after %d s idle",
+                 config.amp_gpio_chip, config.amp_gpio_line,
+                 " (active low)" if config.amp_active_low else "", config.amp_warmup_ms,
+                 config.amp_idle_off_s)
+        return Amplifier(switch, config.amp_warmup_ms, config.amp_idle_off_s)
+
+    async def say_where(self, why: str) -> str:
+        """Say this speaker's name and IPv4 address through the DAC (offline voice,
+        ``audio/spoken_where.py``), mixed over any music like an announcement."""
+        from resonate_embedded.audio.spoken_where import SHAPE, local_ipv4, render_where
+
+        ip = local_ipv4(self.config.mdns_interface)
+        if ip is None:
+            log.warning("where (%s): this speaker has no IPv4 address (no network): "
+                        "nothing to say", why)
+            return "no IPv4 address (no network): nothing said"
+        name = self.config.name
+        log.info("where (%s): saying name %r and address %s through the speaker", why, name, ip)
+        pcm = await trio.to_thread.run_sync(render_where, ip, name)
+        mapping = self.clock.mapping
+        start = mapping.server_from_local(local_now_us() + WHERE_LEAD_US) if mapping else 0
+        await self._to_writer.send(AnnouncementStart(
+            SHAPE, start, media_duck_db=WHERE_DUCK_DB,
+            volume=max(self.state.volume, WHERE_MIN_VOLUME)))
+        await self._to_writer.send(AnnouncementAudio(pcm, SHAPE))
+        await self._to_writer.send(AnnouncementEnd())
+        if self.state.muted:
+            log.warning("where: this speaker is muted: the address is not audible")
+        return f"saying name {name!r} and address {ip} through the speaker"
+
+    async def _say_where_at_first_boot(self) -> None:
+        """Once per state dir (flag file ``where-spoken``): say where the speaker is as soon
+        as it has an address (waiting up to ``WHERE_WAIT_S`` for the network)."""
+        from resonate_embedded.audio.spoken_where import local_ipv4
+
+        flag = self.config.state_dir / WHERE_FLAG
+        if not self.config.say_where_at_first_boot or flag.exists():
+            return
+        with trio.move_on_after(WHERE_WAIT_S):
+            while local_ipv4(self.config.mdns_interface) is None:
+                await trio.sleep(2.0)
+        if local_ipv4(self.config.mdns_interface) is None:
+            log.warning("where (first boot): no network address within %.0f s: "
+                        "not said (next start tries again)", WHERE_WAIT_S)
+            return
+        await self.say_where("first boot")
+        flag.write_text("the first-boot 'where is it' was said; delete to hear it again\n")
 
     async def _connection(self) -> None:
         if self.config.server or self.config.discover:
@@ -187,11 +263,14 @@ class Player:
         mapping = self.clock.mapping
         return mapping.local_from_server(server_us) if mapping is not None else None
 
-    async def act(self, action: Action) -> None:
+    async def act(self, action: Action) -> str | None:
         """A control action (button, encoder, remote, ``resonate-embedded control``): a
         ``client/command`` to the group when the server takes it, otherwise (no server, no
         controller role) volume and mute change on this speaker and are persisted."""
         await self._actions_send.send(action)
+        if action.name == "say_where":
+            return "saying this speaker's name and address through the speaker"
+        return None
 
     async def _controls(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -202,6 +281,9 @@ class Player:
                 await self._carry_out(action)
 
     async def _carry_out(self, action: Action) -> None:
+        if action.name in LOCAL_ACTIONS:  # say_where: this speaker, whatever the server
+            await self.say_where(f"control {action.name}")
+            return
         session = self.session
         if session is not None and self.roles.controller is not None:
             commands = self.roles.commands_for(action, self.config.volume_step)
@@ -406,7 +488,8 @@ class Player:
                                          self.config.spoken_pairing_code),
                        dialect=dialect,
                        announcement=AnnouncementRole() if self.config.announcements else None,
-                       roles=self.roles)
+                       roles=self.roles,
+                       extra_lead_time_ms=self.amplifier.lead_time_ms if self.amplifier else 0)
 
     async def _run_session(self, conn, url: str, dialect: str = "sendspin",
                            server_hello=None, legacy_roles: bool = False) -> None:

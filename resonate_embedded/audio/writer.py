@@ -130,6 +130,9 @@ class Writer:
         self._xruns_in_a_row = 0
         self._device_lost_us: int | None = None  # when the device went away (None: present)
         self.stats = WriterStats()
+        # Amplifier power (resonate_embedded.amplifier.Amplifier): request() before the
+        # output opens returns when audio may flow (warm-up); release() once it is closed.
+        self.power = None
 
     def reconfigure(self, output: OutputConfig, dac_latency_us: int) -> None:
         """Use ``output`` and ``dac_latency_us`` from the next :meth:`run` on (a reload
@@ -270,6 +273,8 @@ class Writer:
         """Play forever; returns only when the command channel closes."""
         while True:
             self.stats.state = "idle"
+            if self.power is not None:
+                self.power.release()
             try:
                 while not self._media_waiting() and not self._announcement.busy:
                     self.stats.heartbeat_local_us = local_now_ns() // 1000
@@ -277,8 +282,10 @@ class Writer:
                         self._apply(await self._commands.receive())
             except trio.EndOfChannel:
                 return
+            await self._power_up()
             if not self._media_waiting():
-                await self._play_announcement_alone()
+                if self._announcement.busy:
+                    await self._play_announcement_alone()
                 continue
             self._interrupted = False
             segment = self._queue.head
@@ -306,6 +313,14 @@ class Writer:
                 await self._device_away(exc)
             finally:
                 output.close()
+
+    async def _power_up(self) -> None:
+        """The amplifier on before the output opens, and its warm-up waited out (still
+        taking commands): the device plays nothing before the amplifier is ready."""
+        if self.power is not None:
+            wait_s = self.power.request() - trio.current_time()
+            if wait_s > 0:
+                await self._sleep_taking_commands(wait_s)
 
     async def _device_away(self, exc: Exception) -> None:
         """The device failed or cannot be opened: report once, wait, keep the queue current."""

@@ -68,7 +68,10 @@ DEFAULT_KEY_MAP: Mapping[str, str] = MappingProxyType({
     "REL_X": "volume",
     "REL_DIAL": "volume",
 })
-DEFAULT_LONG_PRESS_MAP: Mapping[str, str] = MappingProxyType({"KEY_PLAYPAUSE": "switch"})
+DEFAULT_LONG_PRESS_MAP: Mapping[str, str] = MappingProxyType({
+    "KEY_PLAYPAUSE": "switch",
+    "KEY_MUTE": "say_where",  # the encoder's push held: name and IP address spoken
+})
 DEFAULT_LONG_PRESS_MS = 800
 LONG_PRESS_MS_RANGE = (200, 10_000)
 

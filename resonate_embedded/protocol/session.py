@@ -312,9 +312,8 @@ class Session:
         raise SessionRefused(f"no {what} within {timeout_s:.0f} s")
 
     async def _on_announcement_state(self, state: str) -> None:
-        if self._announcement is None:
+        if self._announcement is None or not self._announcement.writer_state(state):
             return
-        self._announcement.state = state
         if self._announcement_active():
             await self._conn.send_text(
                 ClientState(announcement=self._announcement.state_object()).to_json())

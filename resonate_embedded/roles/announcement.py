@@ -83,6 +83,7 @@ class AnnouncementRole:
     def __init__(self, formats: tuple[StreamFormat, ...] = FORMATS) -> None:
         self._formats = formats
         self._decoder: Decoder | None = None
+        self._server_stream = False  # the server's announcement is on (until reported idle)
         self.state = "idle"
 
     def on_stream_start(self, obj: Any) -> AnnouncementStart | None:
@@ -103,6 +104,7 @@ class AnnouncementRole:
         except DecodeError as exc:
             log.error("ignoring an announcement we cannot decode: %s", exc)
             return None
+        self._server_stream = True
         return attrs.evolve(start, shape=self._decoder.shape)
 
     def on_chunk(self, frame: bytes) -> AnnouncementAudio | None:
@@ -126,7 +128,18 @@ class AnnouncementRole:
     def stop(self) -> AnnouncementStop:
         """Transport lost (or role deactivated)."""
         self._decoder = None
+        self._server_stream = False
         return AnnouncementStop()
+
+    def writer_state(self, state: str) -> bool:
+        """The writer's announcement state; True when the server is to be told (not for a
+        local announcement, such as the speaker saying its address)."""
+        if not self._server_stream or state == self.state:
+            return False
+        self.state = state
+        if state == "idle":
+            self._server_stream = False
+        return True
 
     def state_object(self) -> dict[str, Any]:
         """The ``announcement`` object of ``client/state``."""

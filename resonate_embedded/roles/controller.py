@@ -26,7 +26,11 @@ REPEAT_MODES = ("off", "one", "all")
 
 # Abstract actions a key, the encoder or an IR remote can be mapped to.
 ACTIONS = ("play_pause", "play", "pause", "stop", "next", "previous", "volume_up", "volume_down",
-           "mute", "switch", "volume")  # "volume": an encoder axis (signed steps)
+           "mute", "switch", "volume",  # "volume": an encoder axis (signed steps)
+           "say_where")
+# Actions this speaker carries out itself, never a client/command ("say_where": its name and
+# IP address spoken through the DAC, resonate_embedded/audio/spoken_where.py).
+LOCAL_ACTIONS = ("say_where",)
 
 
 class ControllerError(ValueError):
@@ -186,7 +190,7 @@ def commands_for(action: Action, state: ControllerState | None, playback_state: 
 
     Whatever the action, a command not in ``state.supported_commands`` is never returned.
     """
-    if state is None:
+    if state is None or action.name in LOCAL_ACTIONS:
         return ()
     name = action.name
     if name == "play_pause":

@@ -1,0 +1,438 @@
+"""When the setup hotspot is up, as a pure state machine, and the network behind an interface.
+
+Rules (:class:`HotspotMachine`, no I/O, time passed in, so it is tested exhaustively):
+
+* no Wi-Fi configured                                   -> hotspot up at once;
+* Wi-Fi configured but not joined for ``fail_after_s``   -> hotspot up (default 3 minutes);
+* joined (also while the hotspot is up)                 -> hotspot down;
+* the page submitted valid settings                     -> after ``join_delay_s`` (so the
+  "joining ..." page reaches the phone first) hotspot down and join the new network; if that
+  fails for ``fail_after_s`` the hotspot comes back (and the page says which network failed);
+* hotspot up because the configured network failed, and nobody used the page for
+  ``retry_after_s`` -> hotspot down and the configured network tried again. Without this a
+  power cut would strand the speaker: it boots faster than the router, gives up after three
+  minutes and would wait on its own hotspot forever.
+
+The machine only ever sees Wi-Fi settings that passed :func:`firstboot.validate` (the page
+calls :meth:`HotspotMachine.submit` from its on-valid callback): a bad value is never applied.
+
+:class:`NetworkControl` is what the machine's actions are carried out with:
+:class:`NmcliNetwork` (NetworkManager, by subprocess; not run in tests) and
+:class:`FakeNetwork` (tests, ``setup-page --fake-network``). :class:`HotspotService` ties
+machine, network and the page's server together (one ``tick()`` every few seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import re
+import subprocess
+import threading
+import time
+from typing import Callable, Protocol, Sequence
+
+import attrs
+
+log = logging.getLogger("resonate-setup")
+
+DEFAULT_FAIL_AFTER_S = 180.0
+DEFAULT_RETRY_AFTER_S = 300.0
+DEFAULT_JOIN_DELAY_S = 3.0
+AP_ADDRESS = "192.168.4.1"  # the speaker on its own hotspot (NetworkManager "shared" mode)
+MAX_SSID_BYTES = 32
+
+
+def ap_ssid_for(name: str) -> str:
+    """The hotspot's name: ``Speaker-<name>-setup``, at most 32 bytes (an SSID's limit).
+
+    ``Kitchen`` -> ``Speaker-Kitchen-setup``; ``Living Room`` -> ``Speaker-Living-Room-setup``.
+    """
+    label = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "Resonate"
+    room = MAX_SSID_BYTES - len("Speaker--setup")
+    return f"Speaker-{label[:room].strip('-')}-setup"
+
+
+# ---- the network interface ---------------------------------------------------------------
+
+class NetworkError(RuntimeError):
+    """The network stack refused or failed an operation."""
+
+
+@attrs.frozen
+class Network:
+    """One scan result."""
+
+    ssid: str
+    signal: int  # 0..100 (%)
+    secure: bool = True
+
+
+@attrs.frozen
+class NetStatus:
+    configured: bool  # a Wi-Fi network (not the hotspot) is configured to join
+    connected: bool  # joined that network (station mode, with an address)
+    ssid: str | None = None
+    ap_active: bool = False
+
+
+class NetworkControl(Protocol):
+    def scan(self) -> list[Network]: ...
+    def start_ap(self, ssid: str, password: str | None) -> None: ...
+    def stop_ap(self) -> None: ...
+    def join(self, ssid: str, psk: str, country: str) -> None: ...
+    def status(self) -> NetStatus: ...
+
+
+def best_networks(networks: Sequence[Network], limit: int = 30) -> list[Network]:
+    """One entry per SSID (its strongest), strongest first, hidden (empty) SSIDs dropped."""
+    best: dict[str, Network] = {}
+    for net in networks:
+        if net.ssid and (net.ssid not in best or net.signal > best[net.ssid].signal):
+            best[net.ssid] = net
+    return sorted(best.values(), key=lambda n: (-n.signal, n.ssid.lower()))[:limit]
+
+
+class FakeNetwork:
+    """In-memory network for tests and ``setup-page --fake-network``.
+
+    ``passwords`` maps the SSIDs that can be joined to their passphrase ("" = open);
+    joining anything else "fails" (status stays not connected), like a wrong password.
+    """
+
+    def __init__(self, networks: Sequence[Network] | None = None,
+                 passwords: dict[str, str] | None = None, configured: bool = False) -> None:
+        self.networks = list(networks if networks is not None else (
+            Network("Home Wi-Fi", 82), Network("Neighbour", 40), Network("Cafe Guest", 25, False)))
+        self.passwords = dict(passwords if passwords is not None else {"Home Wi-Fi": "correct horse"})
+        self.configured = configured
+        self.joined: tuple[str, str, str] | None = None
+        self.connected = False
+        self.ap: tuple[str, str | None] | None = None
+        self.calls: list[tuple] = []
+        self._lock = threading.Lock()
+
+    def scan(self) -> list[Network]:
+        with self._lock:
+            self.calls.append(("scan",))
+            return list(self.networks)
+
+    def start_ap(self, ssid: str, password: str | None) -> None:
+        with self._lock:
+            self.calls.append(("start_ap", ssid, password))
+            self.ap = (ssid, password)
+            self.connected = False
+
+    def stop_ap(self) -> None:
+        with self._lock:
+            self.calls.append(("stop_ap",))
+            self.ap = None
+            self.connected = self._can_join()
+
+    def join(self, ssid: str, psk: str, country: str) -> None:
+        with self._lock:
+            self.calls.append(("join", ssid, psk, country))
+            self.configured = True
+            self.joined = (ssid, psk, country)
+            self.connected = self.ap is None and self._can_join()
+
+    def _can_join(self) -> bool:
+        return self.joined is not None and self.passwords.get(self.joined[0]) == self.joined[1]
+
+    def status(self) -> NetStatus:
+        with self._lock:
+            return NetStatus(configured=self.configured, connected=self.connected,
+                             ssid=self.joined[0] if self.connected and self.joined else None,
+                             ap_active=self.ap is not None)
+
+
+def split_terse(line: str) -> list[str]:
+    """One line of ``nmcli -t`` output into fields (``\\:`` and ``\\\\`` are escapes)."""
+    fields, current, chars = [], [], iter(line)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ""))
+        elif ch == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    return fields
+
+
+class NmcliNetwork:
+    """NetworkManager through ``nmcli`` (subprocess). Needs root (or polkit rights).
+
+    The hotspot is an NM connection ``resonate-setup`` in AP mode with ``ipv4.method shared``
+    (NM runs dnsmasq for DHCP) at 192.168.4.1/24; the joined network is ``resonate-wifi``,
+    autoconnecting. The passphrase never appears on a command line: the derived 256-bit key
+    is given (still a credential, but not the user's password). ``iw reg set`` sets the
+    regulatory country (NM itself does not). Not exercised in tests; see README for what is
+    verified on hardware.
+    """
+
+    AP_CONNECTION = "resonate-setup"
+    WIFI_CONNECTION = "resonate-wifi"
+
+    def __init__(self, ifname: str = "wlan0", address: str = AP_ADDRESS,
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                 timeout_s: float = 45.0) -> None:
+        self.ifname, self.address, self._run, self.timeout_s = ifname, address, run, timeout_s
+
+    def _nmcli(self, *args: str, check: bool = True) -> str:
+        cmd = ["nmcli", "--wait", str(int(self.timeout_s)), *args]
+        try:
+            done = self._run(cmd, capture_output=True, text=True, timeout=self.timeout_s + 5)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NetworkError(f"nmcli {args[0]}: {exc}") from None
+        if check and done.returncode != 0:
+            raise NetworkError(f"nmcli {' '.join(args[:3])}: {done.stderr.strip() or done.returncode}")
+        return done.stdout
+
+    def scan(self) -> list[Network]:
+        out = self._nmcli("-t", "-f", "SSID,SIGNAL,SECURITY", "device", "wifi", "list",
+                          "ifname", self.ifname, "--rescan", "yes")
+        nets = []
+        for line in out.splitlines():
+            fields = split_terse(line)
+            if len(fields) >= 3 and fields[0]:
+                try:
+                    signal = max(0, min(100, int(fields[1])))
+                except ValueError:
+                    signal = 0
+                nets.append(Network(fields[0], signal, fields[2] not in ("", "--")))
+        return nets
+
+    def start_ap(self, ssid: str, password: str | None) -> None:
+        self._nmcli("connection", "delete", self.AP_CONNECTION, check=False)
+        args = ["connection", "add", "type", "wifi", "ifname", self.ifname,
+                "con-name", self.AP_CONNECTION, "autoconnect", "no", "ssid", ssid,
+                "802-11-wireless.mode", "ap", "802-11-wireless.band", "bg",
+                "ipv4.method", "shared", "ipv4.addresses", f"{self.address}/24",
+                "ipv6.method", "disabled"]
+        if password:
+            args += ["wifi-sec.key-mgmt", "wpa-psk", "wifi-sec.psk", password]
+        self._nmcli(*args)
+        self._nmcli("connection", "up", self.AP_CONNECTION)
+
+    def stop_ap(self) -> None:
+        self._nmcli("connection", "down", self.AP_CONNECTION, check=False)
+        self._nmcli("connection", "delete", self.AP_CONNECTION, check=False)
+
+    def join(self, ssid: str, psk: str, country: str) -> None:
+        from resonate_embedded.firstboot import wpa_psk
+
+        try:
+            self._run(["iw", "reg", "set", country], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("cannot set the Wi-Fi country %s: %s", country, exc)
+        self._nmcli("connection", "delete", self.WIFI_CONNECTION, check=False)
+        args = ["connection", "add", "type", "wifi", "ifname", self.ifname,
+                "con-name", self.WIFI_CONNECTION, "autoconnect", "yes", "ssid", ssid,
+                "802-11-wireless.hidden", "yes"]
+        if psk:
+            args += ["wifi-sec.key-mgmt", "wpa-psk", "wifi-sec.psk", wpa_psk(ssid, psk)]
+        self._nmcli(*args)
+        # "up" may fail (wrong password, out of range): the machine's timer decides what next
+        self._nmcli("connection", "up", self.WIFI_CONNECTION, check=False)
+
+    def status(self) -> NetStatus:
+        names = self._nmcli("-t", "-f", "NAME,TYPE", "connection", "show")
+        configured = any(split_terse(line)[0] == self.WIFI_CONNECTION for line in names.splitlines())
+        out = self._nmcli("-t", "-f", "DEVICE,STATE,CONNECTION", "device", "status")
+        state, connection = "", ""
+        for line in out.splitlines():
+            fields = split_terse(line)
+            if len(fields) >= 3 and fields[0] == self.ifname:
+                state, connection = fields[1], fields[2]
+        active = state == "connected"
+        return NetStatus(configured=configured,
+                         connected=active and connection == self.WIFI_CONNECTION,
+                         ssid=None, ap_active=active and connection == self.AP_CONNECTION)
+
+
+# ---- the state machine -------------------------------------------------------------------
+
+class Mode(enum.Enum):
+    STARTING = "starting"
+    JOINING = "joining"
+    CONNECTED = "connected"
+    HOTSPOT = "hotspot"
+
+
+@attrs.frozen
+class StartAp:
+    ssid: str
+    password: str | None
+
+
+@attrs.frozen
+class StopAp:
+    pass
+
+
+@attrs.frozen
+class Join:
+    ssid: str
+    psk: str = attrs.field(repr=False)
+    country: str
+
+
+Action = StartAp | StopAp | Join
+
+
+@attrs.define
+class HotspotMachine:
+    """Pure decision logic: ``tick(now, status)`` and ``submit(...)`` return actions."""
+
+    ap_ssid: str
+    ap_password: str | None = None
+    fail_after_s: float = DEFAULT_FAIL_AFTER_S
+    retry_after_s: float | None = DEFAULT_RETRY_AFTER_S
+    join_delay_s: float = DEFAULT_JOIN_DELAY_S
+    mode: Mode = Mode.STARTING
+    since: float = 0.0
+    last_activity: float = -math.inf
+    pending: Join | None = None
+    pending_at: float = 0.0
+    joining: str | None = None  # the SSID the page asked for, while trying it
+    failed_ssid: str | None = None  # the last network the page asked for that did not join
+    submitted: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.fail_after_s <= 0:
+            raise ValueError("fail_after_s must be positive")
+
+    @property
+    def hotspot_up(self) -> bool:
+        return self.mode is Mode.HOTSPOT
+
+    def _to(self, mode: Mode, now: float) -> None:
+        if mode is not self.mode:
+            log.info("setup hotspot: %s -> %s", self.mode.value, mode.value)
+        self.mode, self.since = mode, now
+
+    def activity(self, now: float) -> None:
+        """Someone used the setup page: do not take the hotspot away for a retry."""
+        self.last_activity = now
+
+    def submit(self, now: float, ssid: str, psk: str, country: str) -> list[Action]:
+        """Validated Wi-Fi settings from the page: join them after ``join_delay_s``."""
+        self.pending, self.pending_at, self.submitted = Join(ssid, psk, country), now + self.join_delay_s, True
+        self.activity(now)
+        return []
+
+    def tick(self, now: float, status: NetStatus) -> list[Action]:
+        if self.pending is not None:
+            if now < self.pending_at:
+                return []
+            join, self.pending = self.pending, None
+            actions: list[Action] = [StopAp()] if self.mode is Mode.HOTSPOT else []
+            self.joining, self.failed_ssid = join.ssid, None
+            self._to(Mode.JOINING, now)
+            return [*actions, join]
+        configured = status.configured or self.submitted
+        if status.connected:
+            actions = [StopAp()] if self.mode is Mode.HOTSPOT else []
+            self.joining = None
+            self._to(Mode.CONNECTED, now)
+            return actions
+        if self.mode is Mode.STARTING:
+            if not configured:
+                return self._hotspot(now)
+            self._to(Mode.JOINING, now)
+            return []
+        if self.mode is Mode.CONNECTED:
+            self._to(Mode.JOINING, now)  # a drop-out: the stack reconnects by itself, give it time
+            return []
+        if self.mode is Mode.JOINING:
+            if not configured or now - self.since >= self.fail_after_s:
+                if self.joining:
+                    self.failed_ssid, self.joining = self.joining, None
+                return self._hotspot(now)
+            return []
+        # HOTSPOT
+        if (configured and self.retry_after_s is not None
+                and now - max(self.since, self.last_activity) >= self.retry_after_s):
+            self._to(Mode.JOINING, now)  # without the AP the stack rejoins its configured network
+            return [StopAp()]
+        return []
+
+    def _hotspot(self, now: float) -> list[Action]:
+        self._to(Mode.HOTSPOT, now)
+        return [StartAp(self.ap_ssid, self.ap_password)]
+
+
+# ---- machine + network + page ------------------------------------------------------------
+
+class HotspotService:
+    """Carries out the machine's actions; starts/stops the page with the hotspot.
+
+    ``on_hotspot(up)`` is called when the hotspot goes up (True) or down (False): the
+    setup daemon starts the page's server then and closes it again. The scan is taken just
+    before the hotspot starts (a single-radio Pi cannot scan well while it is the AP).
+    """
+
+    def __init__(self, machine: HotspotMachine, network: NetworkControl,
+                 on_hotspot: Callable[[bool], None] = lambda up: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.machine, self.network, self.on_hotspot, self.clock = machine, network, on_hotspot, clock
+        self.networks: list[Network] = []
+        self._lock = threading.RLock()
+
+    def scan_results(self) -> list[Network]:
+        with self._lock:
+            return list(self.networks)
+
+    def rescan(self) -> list[Network]:
+        try:
+            found = best_networks(self.network.scan())
+        except NetworkError as exc:
+            log.warning("Wi-Fi scan failed: %s", exc)
+            return self.scan_results()
+        with self._lock:
+            self.networks = found
+        return found
+
+    def activity(self) -> None:
+        with self._lock:
+            self.machine.activity(self.clock())
+
+    def submit(self, ssid: str, psk: str, country: str) -> None:
+        """Called by the page with settings that passed firstboot's validation."""
+        with self._lock:
+            self.machine.submit(self.clock(), ssid, psk, country)
+
+    def tick(self) -> list[Action]:
+        try:
+            status = self.network.status()
+        except NetworkError as exc:
+            log.warning("network status unavailable: %s", exc)
+            status = NetStatus(configured=self.machine.submitted, connected=False)
+        with self._lock:
+            was_up = self.machine.hotspot_up
+            actions = self.machine.tick(self.clock(), status)
+        for action in actions:
+            try:
+                if isinstance(action, StartAp):
+                    self.rescan()
+                    self.network.start_ap(action.ssid, action.password)
+                    log.info("setup hotspot %r is up", action.ssid)
+                elif isinstance(action, StopAp):
+                    self.network.stop_ap()
+                    log.info("setup hotspot is down")
+                else:
+                    log.info("joining Wi-Fi %r (country %s)", action.ssid, action.country)
+                    self.network.join(action.ssid, action.psk, action.country)
+            except NetworkError as exc:
+                log.error("%s failed: %s", type(action).__name__, exc)
+        if self.machine.hotspot_up != was_up:
+            self.on_hotspot(self.machine.hotspot_up)
+        return actions
+
+    def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
+        while not stop.is_set():
+            self.tick()
+            stop.wait(interval_s)
