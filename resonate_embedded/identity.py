@@ -22,6 +22,7 @@ from pathlib import Path
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ def peer_key(peer_id: str) -> bytes:
 
 
 def public_key_of(private_key: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    # public_bytes(Raw, Raw), not public_bytes_raw(): the image's Debian cryptography is 38
+    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
 
 
 @attrs.frozen

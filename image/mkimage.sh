@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Stage 3 of image/build.sh: per-HAT device trees, then genimage (no loop devices, no mounts).
+#   mkimage.sh ARCH WORK OUT
+set -euo pipefail
+ARCH="$1"; WORK="$2"; OUT="$3"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+TREE="$WORK/tree"
+FW="$TREE/boot/firmware"
+IMG="resonate-$ARCH.img"
+T0=$(date +%s)
+log() { echo "[mkimage +$(( $(date +%s) - T0 ))s] $*"; }
+
+for m in dev/pts dev sys proc; do umount -l "$TREE/$m" 2>/dev/null || true; done
+
+# ---- device trees: every HAT overlay merged into every Pi Zero board DTB present -----------
+log "merging HAT overlays into the board device trees"
+DTS_TMP="$WORK/dts"; rm -rf "$DTS_TMP"; mkdir -p "$DTS_TMP"
+boards=()
+for b in bcm2835-rpi-zero bcm2835-rpi-zero-w bcm2837-rpi-zero-2-w; do
+    [ -e "$FW/$b.dtb" ] && boards+=("$b")
+done
+[ ${#boards[@]} -gt 0 ] || { echo "no Pi Zero DTB in $FW" >&2; exit 1; }
+for profile in "$REPO"/board/hats/*.toml; do
+    hat=$(python3 -c "import tomllib,sys; print(tomllib.load(open(sys.argv[1],'rb'))['hat']['name'])" "$profile")
+    src=$(python3 -c "import tomllib,sys; print(tomllib.load(open(sys.argv[1],'rb'))['overlay']['source'])" "$profile")
+    dtc -q -@ -I dts -O dtb -o "$DTS_TMP/$hat.dtbo" "$REPO/$src"
+    for b in "${boards[@]}"; do
+        out="$FW/resonate-$hat-$b.dtb"
+        fdtoverlay -i "$FW/$b.dtb" -o "$out" "$DTS_TMP/$hat.dtbo"
+        [ "$(fdtget "$out" /sound simple-audio-card,name)" = ResonateDAC ] || { echo "merge failed: $out" >&2; exit 1; }
+        echo "  $(basename "$out")"
+    done
+done
+mkdir -p "$FW/overlays-src"
+cp "$REPO"/board/overlays/*.dts "$FW/overlays-src/"
+
+# ---- sizes --------------------------------------------------------------------------------
+used_mb=$(( $(du -xsm "$TREE" | cut -f1) - $(du -xsm "$TREE/boot/firmware" | cut -f1) - $(du -xsm "$TREE/data" | cut -f1) ))
+ROOT_MB=$(( ( (used_mb * 5 / 4 + 160) + 63) / 64 * 64 ))
+BOOT_MB=256
+DATA_MB=64
+log "root tree ${used_mb} MB -> root partition ${ROOT_MB} MB, boot ${BOOT_MB} MB, data ${DATA_MB} MB"
+
+GI="$WORK/genimage"
+rm -rf "$GI"; mkdir -p "$GI/out" "$GI/in"
+sed -e "s/@IMG@/$IMG/" -e "s/@BOOT_MB@/$BOOT_MB/" -e "s/@ROOT_MB@/$ROOT_MB/" -e "s/@DATA_MB@/$DATA_MB/" \
+    "$HERE/genimage.cfg.in" > "$GI/genimage.cfg"
+log "genimage"
+genimage --config "$GI/genimage.cfg" --rootpath "$TREE" --tmppath "$GI/tmp" \
+    --inputpath "$GI/in" --outputpath "$GI/out" > "$GI/genimage.log" 2>&1 || { tail -30 "$GI/genimage.log"; exit 1; }
+mv -f "$GI/out/$IMG" "$OUT/$IMG"
+rm -rf "$GI/tmp" "$GI/out"
+(cd "$OUT" && sha256sum "$IMG" > "$IMG.sha256")
+sfdisk -d "$OUT/$IMG"
+log "image $OUT/$IMG: $(du -h --apparent-size "$OUT/$IMG" | cut -f1)"

@@ -1,0 +1,460 @@
+"""First boot (and every boot) from ``speaker.txt`` on the SD card's FAT partition.
+
+A person edits a plain ``key=value`` file on any computer::
+
+    wifi_ssid=My Network
+    wifi_psk=my wifi password
+    wifi_country=GB
+    name=Kitchen
+    server=ws://192.168.1.10:8927/sendspin
+    hat=hifiberry-dac
+    output_delay_ms=0
+
+At boot (``resonate-firstboot.service``, before Wi-Fi and the player start) this module
+parses and validates it and, only if *everything* is valid, writes the player's TOML config,
+the Wi-Fi config and the hostname to the data partition (atomically, only what changed).
+Any error is written, with its line number, to ``speaker-errors.txt`` next to the file and
+to the journal, and the speaker keeps its previous (or default) settings: a bad file never
+bricks it. Player settings are validated by :mod:`resonate_embedded.config` itself.
+
+Run: ``python -m resonate_embedded.firstboot --boot /boot/firmware --data /data
+--hats /usr/share/resonate-embedded/hats [--system]``. Exit status is 0 unless this
+module itself breaks (a bad file is the user's business, not a failed unit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+
+from resonate_embedded.config import Config, ConfigError, build_config
+
+log = logging.getLogger("resonate-firstboot")
+
+SPEAKER_FILE = "speaker.txt"
+ERRORS_FILE = "speaker-errors.txt"
+HAT_FILE = "resonate-hat.txt"  # included by config.txt: which merged DTB the firmware loads
+DEFAULT_HAT = "hifiberry-dac"
+DEFAULT_NAME = "Resonate Speaker"
+KEYS = ("wifi_ssid", "wifi_psk", "wifi_country", "name", "server", "hat", "output_delay_ms")
+MAX_FILE_BYTES = 64 * 1024
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class FirstbootError(ValueError):
+    """One or more problems in speaker.txt (``problems`` lists them, one line each)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@attrs.frozen
+class HatProfile:
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    card: str
+    device: str
+    mixer: str
+    rate: int
+    period_frames: int
+    periods: int
+    output_latency_us: int
+    calibrated: bool
+    dtb_prefix: str  # the merged DTBs are <dtb_prefix>-<board>.dtb on the FAT partition
+
+    @property
+    def period_us(self) -> int:
+        return round(self.period_frames * 1_000_000 / self.rate)
+
+
+def load_hat(path: Path) -> HatProfile:
+    """Read one ``board/hats/<name>.toml`` profile."""
+    data = tomllib.loads(path.read_text())
+    hat, alsa, lat = data["hat"], data["alsa"], data["latency"]
+    return HatProfile(
+        name=hat["name"], aliases=tuple(hat.get("aliases", ())),
+        description=hat.get("description", ""), card=alsa["card"], device=alsa["device"],
+        mixer=alsa.get("mixer", ""), rate=int(alsa["rate"]),
+        period_frames=int(alsa["period_frames"]), periods=int(alsa["periods"]),
+        output_latency_us=int(lat["output_latency_us"]), calibrated=bool(lat["calibrated"]),
+        dtb_prefix=f"resonate-{hat['name']}")
+
+
+def load_hats(directory: Path) -> dict[str, HatProfile]:
+    """All profiles in ``directory``, by name and by alias (lower case)."""
+    hats: dict[str, HatProfile] = {}
+    for path in sorted(directory.glob("*.toml")):
+        profile = load_hat(path)
+        for key in (profile.name, *profile.aliases):
+            hats[key.lower()] = profile
+    return hats
+
+
+@attrs.frozen
+class Wifi:
+    ssid: str
+    psk: str  # "" = open network
+    country: str
+
+
+@attrs.frozen
+class Settings:
+    """What a valid speaker.txt means."""
+
+    player: Config
+    player_values: dict[str, Any]  # the keys written to the TOML file
+    hat: HatProfile
+    wifi: Wifi | None
+    hostname: str
+
+
+def parse(text: str) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """``key=value`` lines into {key: (line number, value)}, plus the problems found.
+
+    ``#`` starts a comment line; blank lines are ignored; keys are case-insensitive;
+    whitespace around keys and values is dropped; one pair of matching quotes around a
+    value is removed (so ``wifi_psk="  spaces  "`` keeps its spaces).
+    """
+    values: dict[str, tuple[int, str]] = {}
+    problems: list[str] = []
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a BOM from Windows Notepad
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            problems.append(f"line {number}: expected key=value, got {line[:40]!r}")
+            continue
+        key, value = line.split("=", 1)
+        key, value = key.strip().lower(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if key not in KEYS:
+            problems.append(f"line {number}: unknown setting {key!r} (known: {', '.join(KEYS)})")
+            continue
+        if key in values:
+            problems.append(f"line {number}: {key} is set twice (first on line {values[key][0]})")
+            continue
+        values[key] = (number, value)
+    return values, problems
+
+
+def hostname_for(name: str) -> str:
+    """A DNS label from the speaker name (``Living Room`` -> ``living-room``)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-")
+    return label or "resonate-speaker"
+
+
+def validate(values: dict[str, tuple[int, str]], hats: dict[str, HatProfile],
+             state_dir: Path | None = None) -> Settings:
+    """Check every setting; raise :class:`FirstbootError` listing every problem."""
+    problems: list[str] = []
+
+    def get(key: str) -> str | None:
+        return values[key][1] if key in values else None
+
+    def where(key: str) -> str:
+        return f"line {values[key][0]}: " if key in values else ""
+
+    # Wi-Fi: all or nothing (no ssid = keep the Wi-Fi config the speaker has, e.g. wired)
+    wifi = None
+    ssid, psk, country = get("wifi_ssid"), get("wifi_psk"), get("wifi_country")
+    if ssid:
+        if len(ssid.encode()) > 32:
+            problems.append(f"{where('wifi_ssid')}wifi_ssid is longer than 32 bytes")
+        psk = psk or ""
+        if psk and not (8 <= len(psk) <= 63 and psk.isascii() and psk.isprintable()) \
+                and not _HEX64.match(psk):
+            problems.append(f"{where('wifi_psk')}wifi_psk must be 8 to 63 printable ASCII "
+                            "characters (or 64 hex digits); leave it empty for an open network")
+        country = (country or "").upper()
+        if not _COUNTRY.match(country):
+            problems.append(f"{where('wifi_country')}wifi_country must be a two-letter country "
+                            "code such as GB, US or DE (it sets the legal Wi-Fi channels)")
+        wifi = Wifi(ssid, psk, country)
+    elif psk or country:
+        problems.append(f"{where('wifi_psk' if psk else 'wifi_country')}wifi_ssid is missing "
+                        "(the name of your Wi-Fi network)")
+
+    hat_name = (get("hat") or DEFAULT_HAT).lower()
+    hat = hats.get(hat_name)
+    if hat is None:
+        known = sorted({h.name for h in hats.values()})
+        problems.append(f"{where('hat')}hat {hat_name!r} is not known; use one of: {', '.join(known)}")
+
+    player_values: dict[str, Any] = {"name": get("name") or DEFAULT_NAME}
+    if get("server"):
+        player_values["server"] = get("server")
+    if get("output_delay_ms") is not None:
+        text = get("output_delay_ms") or ""
+        try:
+            player_values["output_delay_ms"] = int(text)
+        except ValueError:
+            problems.append(f"{where('output_delay_ms')}output_delay_ms must be a whole number "
+                            f"of milliseconds, got {text!r}")
+    if hat is not None:
+        player_values.update(device=hat.device, dac_latency_us=hat.output_latency_us,
+                             period_us=hat.period_us, periods=hat.periods)
+    player_values["say_where_at_first_boot"] = True  # the SD-card speaker says where it is, once
+    if state_dir is not None:
+        player_values["state_dir"] = str(state_dir)
+    player = None
+    try:
+        # The player's own validation (name, server URL, delay range, ALSA sizes).
+        player = build_config({k: Path(v) if k == "state_dir" else v
+                               for k, v in player_values.items()}, {})
+    except ConfigError as exc:
+        key = next((k for k in ("server", "output_delay_ms", "name") if k in str(exc)), "")
+        problems.append(f"{where(key) if key else ''}{exc}")
+    if problems or player is None or hat is None:
+        raise FirstbootError(problems or ["invalid settings"])
+    return Settings(player, player_values, hat, wifi, hostname_for(player.name))
+
+
+# ---- rendering --------------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a valid TOML basic string
+
+
+def render_player_toml(settings: Settings) -> str:
+    lines = ["# Written by resonate-firstboot from speaker.txt; edit speaker.txt instead.",
+             "[player]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.player_values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def wpa_psk(ssid: str, passphrase: str) -> str:
+    """The 256-bit WPA key, so the passphrase itself is not stored on the root side."""
+    if _HEX64.match(passphrase):
+        return passphrase.lower()
+    return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
+
+
+def render_wpa_supplicant(wifi: Wifi) -> str:
+    network = [f"    ssid={wifi.ssid.encode().hex()}", "    scan_ssid=1"]
+    if wifi.psk:
+        network.append(f"    psk={wpa_psk(wifi.ssid, wifi.psk)}")
+    else:
+        network.append("    key_mgmt=NONE")
+    return "\n".join([
+        "# Written by resonate-firstboot from speaker.txt; edit speaker.txt instead.",
+        "ctrl_interface=DIR=/run/wpa_supplicant",
+        "update_config=0",
+        f"country={wifi.country}",
+        "network={", *network, "}", ""])
+
+
+def render_hat_txt(hat: HatProfile) -> str:
+    """config.txt include: the DTB with this HAT's overlay merged in, per board."""
+    return "\n".join([
+        f"# Written by resonate-firstboot: hat={hat.name}. Edit speaker.txt instead.",
+        "[pi0]", f"device_tree={hat.dtb_prefix}-bcm2835-rpi-zero.dtb",
+        "[pi0w]", f"device_tree={hat.dtb_prefix}-bcm2835-rpi-zero-w.dtb",
+        "[pi02]", f"device_tree={hat.dtb_prefix}-bcm2837-rpi-zero-2-w.dtb",
+        "[all]", ""])
+
+
+# ---- applying ---------------------------------------------------------------------------
+
+def write_atomic(path: Path, text: str, mode: int | None = 0o644) -> bool:
+    """Replace ``path`` with ``text`` (temp file, fsync, rename). False if already equal.
+
+    ``mode=None`` for the FAT partition, where file modes are the mount's, not the file's.
+    """
+    try:
+        if path.read_text() == text and (mode is None or (path.stat().st_mode & 0o777) == mode):
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # FAT directories cannot always be fsynced
+    return True
+
+
+@contextmanager
+def writable(mount_dir: Path, enabled: bool) -> Iterator[None]:
+    """Remount a read-only mount point read-write for the duration (the FAT partition)."""
+    remounted = False
+    if enabled and os.path.ismount(mount_dir) and os.statvfs(mount_dir).f_flag & os.ST_RDONLY:
+        subprocess.run(["mount", "-o", "remount,rw", str(mount_dir)], check=True)
+        remounted = True
+    try:
+        yield
+    finally:
+        if remounted:
+            os.sync()
+            subprocess.run(["mount", "-o", "remount,ro", str(mount_dir)], check=False)
+
+
+@attrs.define
+class Result:
+    ok: bool
+    changed: list[str] = attrs.Factory(list)
+    problems: list[str] = attrs.Factory(list)
+    reboot: bool = False  # the HAT (device tree) changed: takes effect after a reboot
+    settings: Settings | None = None
+
+
+def apply(boot: Path, data: Path, hats_dir: Path, state_dir: Path | None = None,
+          remount: bool = False) -> Result:
+    """Read ``boot/speaker.txt``; if valid, write the configs under ``data/config``.
+
+    Without a speaker.txt the default settings are written when there are none yet.
+    Never raises for a bad file: the problems come back in ``Result.problems`` and in
+    ``boot/speaker-errors.txt``; the previous files are left untouched.
+    """
+    config_dir = data / "config"
+    hats = load_hats(hats_dir)
+    source = boot / SPEAKER_FILE
+    text = None
+    problems: list[str] = []
+    try:
+        raw = source.read_bytes()
+        if len(raw) > MAX_FILE_BYTES:
+            problems.append(f"{SPEAKER_FILE} is larger than {MAX_FILE_BYTES} bytes")
+        else:
+            text = raw.decode("utf-8")
+    except FileNotFoundError:
+        text = None
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("cp1252")  # an editor that saved "ANSI"
+        except UnicodeDecodeError:
+            problems.append(f"{SPEAKER_FILE} is not a text file (save it as UTF-8 plain text)")
+    except OSError as exc:
+        problems.append(f"cannot read {SPEAKER_FILE}: {exc.strerror}")
+
+    if text is None and not problems:
+        if (config_dir / "player.toml").exists():
+            return Result(ok=True)  # nothing to do: keep what the speaker has
+        text = ""  # first boot without a file: the defaults
+
+    settings = None
+    if not problems:
+        values, problems = parse(text or "")
+        try:
+            settings = validate(values, hats, state_dir)
+        except FirstbootError as exc:
+            problems += exc.problems
+        if problems:
+            settings = None
+
+    result = Result(ok=settings is not None, problems=problems, settings=settings)
+    with writable(boot, remount):
+        if settings is None:
+            for problem in problems:
+                log.error("%s: %s", SPEAKER_FILE, problem)
+            report = [
+                f"{SPEAKER_FILE} was NOT applied ({time.strftime('%Y-%m-%d %H:%M:%S')}).",
+                "The speaker keeps its previous settings. Please fix these and restart it:", ""]
+            report += [f"  - {p}" for p in problems]
+            write_atomic(boot / ERRORS_FILE, "\r\n".join(report) + "\r\n", mode=None)
+            return result
+        files = {config_dir / "player.toml": (render_player_toml(settings), 0o644),
+                 config_dir / "hostname": (settings.hostname + "\n", 0o644),
+                 config_dir / "hat": (settings.hat.name + "\n", 0o644)}
+        if settings.wifi is not None:
+            files[config_dir / "wpa_supplicant-wlan0.conf"] = (render_wpa_supplicant(settings.wifi), 0o600)
+        for path, (content, mode) in files.items():
+            if write_atomic(path, content, mode):
+                result.changed.append(str(path))
+        hat_txt = boot / HAT_FILE
+        hat_content = render_hat_txt(settings.hat)
+        if write_atomic(hat_txt, hat_content, mode=None):
+            result.changed.append(str(hat_txt))
+            # reboot once per new HAT choice, never in a loop (marker on the data partition)
+            marker = config_dir / "hat-reboot"
+            digest = hashlib.sha256(hat_content.encode()).hexdigest()
+            try:
+                done = marker.read_text().strip() == digest
+            except OSError:
+                done = False
+            if not done:
+                write_atomic(marker, digest + "\n")
+                result.reboot = True
+        (boot / ERRORS_FILE).unlink(missing_ok=True)
+    log.info("%s applied: name=%r hat=%s wifi=%s%s", SPEAKER_FILE, settings.player.name,
+             settings.hat.name, settings.wifi.ssid if settings.wifi else "(unchanged)",
+             f", changed {', '.join(result.changed)}" if result.changed else ", nothing changed")
+    return result
+
+
+def set_hostname(name: str, proc: Path = Path("/proc/sys/kernel/hostname")) -> None:
+    try:
+        proc.write_text(name)
+    except OSError as exc:
+        log.warning("cannot set hostname %r: %s", name, exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="resonate-firstboot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--boot", type=Path, default=Path("/boot/firmware"), help="the FAT partition")
+    p.add_argument("--data", type=Path, default=Path("/data"), help="the writable data partition")
+    p.add_argument("--hats", type=Path, default=Path("/usr/share/resonate-embedded/hats"))
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/resonate-embedded"),
+                   help="the player's state_dir written into its config")
+    p.add_argument("--system", action="store_true",
+                   help="on the speaker: remount the FAT partition rw to write to it, set the "
+                        "hostname, reboot once when the HAT changed")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        result = apply(args.boot, args.data, args.hats, args.state_dir, remount=args.system)
+    except Exception:  # never bricks: log, keep the old files, let the boot go on
+        log.exception("internal error; the speaker keeps its previous settings")
+        return 0
+    if args.system:
+        hostname = (args.data / "config" / "hostname")
+        if hostname.exists():
+            set_hostname(hostname.read_text().strip())
+        if result.reboot and os.environ.get("RESONATE_FIRSTBOOT_NO_REBOOT") != "1":
+            log.warning("the DAC HAT changed: rebooting once so the firmware loads its device tree")
+            subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
