@@ -191,7 +191,6 @@ def test_python_stack_files(root):
     assert "include-system-site-packages = true" in root.read("/opt/resonate-embedded/pyvenv.cfg")
     assert any(n.startswith("numpy") for n in root.ls("/usr/lib/python3/dist-packages"))
     assert root.mode("/usr/local/sbin/resonate-selftest") & 0o7777 == 0o755
-    assert "resonate_crypto_compat.pth" in names  # cryptography 38 shim (see image/python/)
     # the self-test unit ships but is not enabled (the boot test adds it with systemd.wants=)
     assert "resonate-selftest.service" in root.ls("/etc/systemd/system")
     assert "resonate-selftest.service" not in root.ls("/etc/systemd/system/multi-user.target.wants")
