@@ -605,7 +605,9 @@ def test_plays_bit_exact_from_sendspin_serve_with_no_extra_flags(tmp_path):
     corrections = int((steps != 1).sum())
     assert (~exact).sum() <= corrections, f"{(~exact).sum()} frames not the index signal"
     assert np.all(np.isin(steps[exact[1:] & exact[:-1]], (0, 1, 2))), "audio skipped or repeated"
-    assert corrections <= 4 * sound.shape[0] / 48000
+    # sendspin serve stamps in its own clock, which may run (NTP-slewed) a few hundred ppm
+    # off the paced DAC's: at 48 kHz, 100 ppm is ~5 single-frame corrections a second
+    assert corrections <= 12 * sound.shape[0] / 48000
     assert_no_secrets(out, state)
 
 
