@@ -413,7 +413,7 @@ def test_hostile_input_at_a_running_player_is_survived_with_bounded_memory(tmp_p
 
 def test_listener_refuses_a_100_mb_frame_without_buffering_it():
     """Server-initiated mode: the same 4 MiB message limit on the listening socket."""
-    from trio_websocket import ConnectionClosed, open_websocket_url
+    from trio_websocket import ConnectionClosed
 
     from resonate_embedded.protocol.connection import MAX_MESSAGE_BYTES
     from resonate_embedded.protocol.listener import open_listener

@@ -13,9 +13,7 @@ import base64
 import bisect
 import json
 import struct
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
