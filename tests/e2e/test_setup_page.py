@@ -102,14 +102,15 @@ def fill(drv, by, field: str, value: str) -> None:
 
 
 def submit(drv, by) -> None:
-    """Tap the button and wait until the answer page has replaced the form."""
-    from selenium.webdriver.support import expected_conditions as ec
+    """Click the submit button and wait for the next page to be loaded.  (A mark left on the
+    old page's window tells the pages apart; waiting for the old element to go stale races
+    with Chrome's navigation and can fail with an inspector error.)"""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = drv.find_element(by.TAG_NAME, "html")
+    drv.execute_script("window.__before_submit = true")
     drv.find_element(by.CSS_SELECTOR, "button[type=submit]").click()
-    WebDriverWait(drv, 30).until(ec.staleness_of(old))
-    WebDriverWait(drv, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(drv, 30, ignored_exceptions=(Exception,)).until(lambda d: d.execute_script(
+        "return window.__before_submit === undefined && document.readyState === 'complete'"))
 
 
 def test_setup_page_in_a_real_browser(browser, speaker, tmp_path):
