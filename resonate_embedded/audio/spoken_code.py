@@ -67,25 +67,29 @@ def render_code(code: str, shape: PcmShape, repeats: int = 2) -> np.ndarray:
     return np.ascontiguousarray(pcm.astype(shape.dtype))
 
 
-def _render_clips(out: Path = DIGITS_FILE) -> None:  # pragma: no cover - offline tool
+def render_clip(text: str, ssml: bool = False) -> np.ndarray:
+    """One clip as the bundled ones are made (build time only, needs espeak-ng): 16 kHz int16,
+    silence trimmed, peak 23000."""
     import subprocess
     import tempfile
     import wave
 
-    clips = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for d in range(10):
-            wav = Path(tmp) / f"d{d}.wav"
-            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "145", "-a", "160", "-w", str(wav), str(d)],
-                           check=True)
-            with wave.open(str(wav)) as w:
-                rate = w.getframerate()
-                x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
-            nz = np.flatnonzero(np.abs(x) > 40)
-            x = x[max(nz[0] - 100, 0):nz[-1] + 100]
-            n = int(round(len(x) * 16000 / rate))
-            y = np.interp(np.arange(n) * rate / 16000, np.arange(len(x)), x)
-            clips[f"d{d}"] = np.rint(y * (23000 / np.abs(y).max())).astype("<i2")
+        wav = Path(tmp) / "clip.wav"
+        subprocess.run(["espeak-ng", *(["-m"] if ssml else []), "-v", "en-us", "-s", "145",
+                        "-a", "160", "-w", str(wav), text], check=True)
+        with wave.open(str(wav)) as w:
+            rate = w.getframerate()
+            x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+    nz = np.flatnonzero(np.abs(x) > 40)
+    x = x[max(nz[0] - 100, 0):nz[-1] + 100]
+    n = int(round(len(x) * 16000 / rate))
+    y = np.interp(np.arange(n) * rate / 16000, np.arange(len(x)), x)
+    return np.rint(y * (23000 / np.abs(y).max())).astype("<i2")
+
+
+def _render_clips(out: Path = DIGITS_FILE) -> None:  # pragma: no cover - offline tool
+    clips = {f"d{d}": render_clip(str(d)) for d in range(10)}
     np.savez_compressed(out, rate=np.array(16000), **clips)
 
 

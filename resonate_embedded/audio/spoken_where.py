@@ -187,25 +187,13 @@ def local_ipv4(prefer: str | None = None) -> str | None:
 
 def _render_words(out: Path = WORDS_FILE) -> None:  # pragma: no cover - offline tool
     """The clips of :data:`WORDS`, made as the digits were (``spoken_code._render_clips``)."""
-    import subprocess
-    import tempfile
-    import wave
+    from resonate_embedded.audio.spoken_code import render_clip
 
     clips = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for w in WORDS:
-            wav = Path(tmp) / f"{w}.wav"
-            text = w if len(w) > 1 else f'<speak><say-as interpret-as="characters">{w}</say-as></speak>'
-            subprocess.run(["espeak-ng", "-m", "-v", "en-us", "-s", "145", "-a", "160", "-w", str(wav),
-                            text], check=True)
-            with wave.open(str(wav)) as f:
-                rate = f.getframerate()
-                x = np.frombuffer(f.readframes(f.getnframes()), "<i2").astype(np.float64)
-            nz = np.flatnonzero(np.abs(x) > 40)
-            x = x[max(nz[0] - 100, 0):nz[-1] + 100]
-            n = int(round(len(x) * 16000 / rate))
-            y = np.interp(np.arange(n) * rate / 16000, np.arange(len(x)), x)
-            clips[f"w_{w}"] = np.rint(y * (23000 / np.abs(y).max())).astype("<i2")
+    for w in WORDS:
+        ssml = len(w) == 1  # a letter: spelled, not read as a word
+        text = f'<speak><say-as interpret-as="characters">{w}</say-as></speak>' if ssml else w
+        clips[f"w_{w}"] = render_clip(text, ssml)
     np.savez_compressed(out, rate=np.array(16000), **clips)
 
 
