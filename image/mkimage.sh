@@ -35,16 +35,43 @@ done
 mkdir -p "$FW/overlays-src"
 cp "$REPO"/board/overlays/*.dts "$FW/overlays-src/"
 
+# ---- A/B boot layout on the FAT partition ----------------------------------------------------
+# The firmware reads config.txt (or, once after `reboot "0 tryboot"`, tryboot.txt); its
+# os_prefix= line picks slot-a/ or slot-b/: that slot's kernel, initrd, DTBs and cmdline.txt
+# (root= and rauc.slot=). The same files travel inside the root tree as the slot's boot payload
+# (/usr/lib/resonate-embedded/boot), so an update bundle brings its own kernel and DTBs.
+log "A/B boot layout"
+PAYLOAD="$TREE/usr/lib/resonate-embedded/boot"
+rm -rf "$PAYLOAD"; mkdir -p "$PAYLOAD"
+kernel=$(cd "$FW" && ls vmlinuz-* | sort -V | tail -1)
+initrd=$(cd "$FW" && ls initrd.img-* | sort -V | tail -1)
+cp "$FW/$kernel" "$PAYLOAD/vmlinuz"
+cp "$FW/$initrd" "$PAYLOAD/initrd.img"
+cp "$FW"/resonate-*.dtb "$PAYLOAD/"
+for b in "${boards[@]}"; do cp "$FW/$b.dtb" "$PAYLOAD/"; done
+# the slot's cmdline.txt is made from this one: @ROOT@/@SLOT@ filled per slot
+sed -E -e 's#(^| )root=[^ ]*#\1root=@ROOT@#' -e 's#$# rauc.slot=@SLOT@#' "$FW/cmdline.txt" > "$PAYLOAD/cmdline.txt.in"
+grep -q 'root=@ROOT@' "$PAYLOAD/cmdline.txt.in" || { echo "no root= in cmdline.txt" >&2; exit 1; }
+rm -rf "$FW/slot-a" "$FW/slot-b"; mkdir -p "$FW/slot-a" "$FW/slot-b"
+cp "$PAYLOAD"/vmlinuz "$PAYLOAD"/initrd.img "$PAYLOAD"/*.dtb "$FW/slot-a/"
+sed -e 's#@ROOT@#/dev/mmcblk0p2#' -e 's#@SLOT@#A#' "$PAYLOAD/cmdline.txt.in" > "$FW/slot-a/cmdline.txt"
+rm -f "$FW"/vmlinuz-* "$FW"/initrd.img-* "$FW"/*.dtb "$FW/cmdline.txt"
+sed -i -e "s#^kernel=.*#kernel=vmlinuz#" -e "s#^initramfs .*#initramfs initrd.img followkernel#" "$FW/config.txt"
+printf '%s\n' '# the A/B slot this file boots (the update system rewrites this line)' 'os_prefix=slot-a/' >> "$FW/config.txt"
+cp "$FW/config.txt" "$FW/tryboot.txt"
+[ "$(grep -c '^os_prefix=' "$FW/config.txt")" = 1 ] && grep -q '^kernel=vmlinuz$' "$FW/config.txt"
+
 # ---- sizes --------------------------------------------------------------------------------
+# Each root slot has room for a tree ~40 % bigger than today's; data holds one update bundle.
 used_mb=$(( $(du -xsm "$TREE" | cut -f1) - $(du -xsm "$TREE/boot/firmware" | cut -f1) - $(du -xsm "$TREE/data" | cut -f1) ))
-ROOT_MB=$(( ( (used_mb * 5 / 4 + 160) + 63) / 64 * 64 ))
+SLOT_MB=$(( ( (used_mb * 7 / 5 + 160) + 63) / 64 * 64 ))
 BOOT_MB=256
-DATA_MB=64
-log "root tree ${used_mb} MB -> root partition ${ROOT_MB} MB, boot ${BOOT_MB} MB, data ${DATA_MB} MB"
+DATA_MB=448
+log "root tree ${used_mb} MB -> two root slots of ${SLOT_MB} MB, boot ${BOOT_MB} MB, data ${DATA_MB} MB"
 
 GI="$WORK/genimage"
 rm -rf "$GI"; mkdir -p "$GI/out" "$GI/in"
-sed -e "s/@IMG@/$IMG/" -e "s/@BOOT_MB@/$BOOT_MB/" -e "s/@ROOT_MB@/$ROOT_MB/" -e "s/@DATA_MB@/$DATA_MB/" \
+sed -e "s/@IMG@/$IMG/" -e "s/@BOOT_MB@/$BOOT_MB/" -e "s/@SLOT_MB@/$SLOT_MB/" -e "s/@DATA_MB@/$DATA_MB/" \
     "$HERE/genimage.cfg.in" > "$GI/genimage.cfg"
 log "genimage"
 genimage --config "$GI/genimage.cfg" --rootpath "$TREE" --tmppath "$GI/tmp" \

@@ -1,4 +1,4 @@
-"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings|status|control|setup-page``."""
+"""Command line: ``resonate-embedded run|devices|demo|pair-token|pairings|status|control|setup-page|update``."""
 
 from __future__ import annotations
 
@@ -164,8 +164,84 @@ def _cmd_pairings(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from resonate_embedded.control_socket import socket_path, status_command
+    from resonate_embedded.status import system_info, system_screen
 
-    return status_command(args.socket or socket_path(_state_dir(args)), as_json=args.json)
+    import attrs
+
+    system = system_info()  # from local files: known even without a running player
+    code = status_command(args.socket or socket_path(_state_dir(args)), as_json=args.json,
+                          system=attrs.asdict(system))
+    if not args.json:
+        print(system_screen(system))
+    return code
+
+
+def _updater(args: argparse.Namespace):
+    from resonate_embedded.boot_slots import BootSlots
+    from resonate_embedded.system_update import Updater
+
+    return Updater(slots=BootSlots(boot_dir=args.boot_dir, cmdline=args.cmdline),
+                   state_file=args.state_file, keyring=args.keyring, system_conf=args.system_conf)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    import json
+
+    import attrs
+
+    from resonate_embedded.status import system_info, system_screen
+
+    if args.action == "install":
+        return _updater(args).install(args.bundle, reboot=not args.no_reboot)
+    if args.action == "boot-check":
+        return _updater(args).boot_check(args.deadline)
+    if args.action == "confirm":
+        return _updater(args).confirm()
+    info = system_info(args.boot_dir, args.cmdline, args.release, args.state_file)
+    print(json.dumps(attrs.asdict(info), indent=2, sort_keys=True) if args.json
+          else system_screen(info))
+    return 0
+
+
+def _update_parser(sub) -> None:
+    from resonate_embedded.boot_slots import DEFAULT_BOOT_DIR, DEFAULT_CMDLINE
+    from resonate_embedded.status import IMAGE_RELEASE
+    from resonate_embedded.system_update import (
+        DEADLINE_S, DEADLINE_UNIT, KEYRING, STATE_FILE, SYSTEM_CONF,
+    )
+
+    update = sub.add_parser(
+        "update", help="A/B system update with RAUC: install a bundle, boot-check, confirm, status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 done; 1 bundle refused (nothing written); 2 usage; 3 no update "
+               "possible here or now (not an A/B image, a trial running, boot files or RAUC "
+               "config unusable); 4 install or confirmation failed (the running slot is "
+               "untouched); 5 installed but the reboot did not start")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--boot-dir", type=Path, default=DEFAULT_BOOT_DIR, help=argparse.SUPPRESS)
+    common.add_argument("--cmdline", type=Path, default=DEFAULT_CMDLINE, help=argparse.SUPPRESS)
+    common.add_argument("--release", type=Path, default=IMAGE_RELEASE, help=argparse.SUPPRESS)
+    common.add_argument("--state-file", type=Path, default=STATE_FILE,
+                        help=f"the update record (default {STATE_FILE})")
+    common.add_argument("--keyring", type=Path, default=KEYRING,
+                        help=f"CA certificates bundles must be signed under (default {KEYRING})")
+    common.add_argument("--system-conf", type=Path, default=SYSTEM_CONF,
+                        help=f"RAUC's system.conf, for compatible= (default {SYSTEM_CONF})")
+    update.set_defaults(func=_cmd_update, verbose=False)
+    actions = update.add_subparsers(dest="action", required=True)
+    install = actions.add_parser("install", parents=[common], help="verify BUNDLE, install it into the other slot "
+                                                 "and reboot into a trial of it")
+    install.add_argument("bundle", type=Path, help="the .raucb file")
+    install.add_argument("--no-reboot", action="store_true",
+                         help='do not reboot (later: systemctl reboot "0 tryboot")')
+    check = actions.add_parser("boot-check", parents=[common], help="(at boot, as root) arm a trial's deadline or "
+                                                  "record a rollback")
+    check.add_argument("--deadline", type=int, default=DEADLINE_S, metavar="SECONDS",
+                       help=f"a trial not confirmed this long after boot-check reboots into the "
+                            f"previous slot ({DEADLINE_UNIT}.timer; default {DEADLINE_S})")
+    actions.add_parser("confirm", parents=[common], help="(after the player is READY, as root) keep the trial slot")
+    status = actions.add_parser("status", parents=[common], help="versions, slots and the last update")
+    status.add_argument("--json", action="store_true", help="as JSON")
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
@@ -234,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "--fake-network)")
     _setup_page_flags(setup_page)
     setup_page.set_defaults(func=_cmd_setup_page)
+    _update_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

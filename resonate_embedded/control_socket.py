@@ -484,15 +484,19 @@ def status_screen(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def status_command(path: Path, as_json: bool = False) -> int:
-    """The ``status`` CLI: print the screen (or JSON); exit status 0, or 1 when unavailable."""
+def status_command(path: Path, as_json: bool = False, system: dict[str, Any] | None = None) -> int:
+    """The ``status`` CLI: print the screen (or JSON); exit status 0, or 1 when the player is
+    unavailable.  ``system`` (versions, slots, last update: read from files, so known even
+    without a player) is the JSON's ``system`` key; the screen's system lines are the caller's."""
     try:
         data = fetch_status(path)
     except StatusUnavailable as exc:
         print(f"resonate-embedded status: {exc}", file=sys.stderr)
+        if as_json and system is not None:
+            print(json.dumps({"error": str(exc), "system": system}, indent=2, sort_keys=True))
         return 1
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(data if system is None else {**data, "system": system}, indent=2, sort_keys=True))
     else:
         print(status_screen(data))
     return 0

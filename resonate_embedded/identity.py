@@ -24,6 +24,8 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from resonate_embedded.atomic_file import replace_file
+
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"
@@ -102,26 +104,9 @@ class Identity:
 
 
 def write_secret_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically with mode 0600 (temp file, fsync, rename, dir fsync)."""
+    """Write ``text`` to ``path`` atomically with mode 0600 (:func:`atomic_file.replace_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask said
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_file(path, text.encode(), 0o600)
 
 
 def read_secret_file(path: Path) -> str:

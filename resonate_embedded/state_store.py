@@ -20,6 +20,8 @@ from pathlib import Path
 
 import attrs
 
+from resonate_embedded.atomic_file import replace_file
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
@@ -115,16 +117,6 @@ class StateStore:
     def save(self, state: PersistentState) -> None:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(attrs.asdict(state), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-            dir_fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_file(self._path, json.dumps(attrs.asdict(state)).encode(), 0o600)
         except OSError as exc:
             log.error("cannot save state to %s: %s", self._path, exc)

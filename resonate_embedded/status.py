@@ -3,12 +3,22 @@ line, ``--stats`` and the status light all read it from here."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import time
+from pathlib import Path
+from typing import Any
+
+import attrs
 
 from resonate_embedded import __version__
+from resonate_embedded.boot_slots import (
+    DEFAULT_BOOT_DIR, DEFAULT_CMDLINE, PREFIXES, BootSlotError, BootSlots,
+)
 from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.control_socket import StatusSnapshot, SyncInfo
 from resonate_embedded.light import LightState
+from resonate_embedded.system_update import STATE_FILE, UpdateRecord, load_record
 
 _STARTED = time.monotonic()
 
@@ -80,3 +90,85 @@ def status_line(snap: StatusSnapshot) -> str:
 
 def format_status(player) -> str:
     return status_line(snapshot(player))
+
+
+# --------------------------------------------------------------------------- system and updates
+# What `status` and `update status` show about the system itself, read from local files (so
+# it is there even when the player is not running).  Reading never raises: what cannot be read
+# is shown as such.
+
+IMAGE_RELEASE = Path("/etc/resonate-image-release")
+IMAGE_KEYS = ("VERSION", "ARCH", "KERNEL", "BUILT")
+_RELEASE_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+@attrs.define
+class SystemInfo:
+    player_version: str
+    image: dict[str, str] | None  # /etc/resonate-image-release; None: not an SD image
+    booted_slot: str | None  # None: not an A/B image (or the boot files are unreadable)
+    primary_slot: str | None = None
+    trial_slot: str | None = None  # armed in tryboot.txt
+    slot_states: dict[str, str] = attrs.field(factory=dict)  # bootname -> good | bad
+    slots_problem: str | None = None  # why the slots cannot be shown
+    last_update: dict[str, Any] | None = None  # UpdateRecord as a dict
+
+
+def player_version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    try:
+        return importlib.metadata.version("resonate-embedded")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def read_image_release(path: Path = IMAGE_RELEASE) -> dict[str, str] | None:
+    """``KEY=value`` lines (``VERSION``, ``ARCH``, ``KERNEL``, ``BUILT``; quotes stripped,
+    other lines ignored); None when there is no such file."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = (_RELEASE_LINE.match(line.strip()) for line in text.splitlines())
+    return {m.group(1): m.group(2).strip().strip("'\"") for m in found if m}
+
+
+def system_info(boot_dir: Path = DEFAULT_BOOT_DIR, cmdline: Path = DEFAULT_CMDLINE,
+                release: Path = IMAGE_RELEASE, update_state: Path = STATE_FILE) -> SystemInfo:
+    """Versions, slots and the last update, from local files (never raises)."""
+    record = load_record(update_state)
+    info = SystemInfo(player_version=player_version(), image=read_image_release(release),
+                      booted_slot=None, last_update=attrs.asdict(record) if record else None)
+    slots = BootSlots(boot_dir=boot_dir, cmdline=cmdline)
+    try:
+        if slots.booted() is None:
+            info.slots_problem = "not an A/B image (no rauc.slot= on the kernel command line)"
+            return info
+        view = slots.view()
+    except BootSlotError as exc:
+        info.slots_problem = str(exc)
+        return info
+    info.booted_slot, info.primary_slot, info.trial_slot = view.booted, view.primary, view.trial
+    info.slot_states = {slot: view.state(slot) for slot in PREFIXES}
+    return info
+
+
+def system_screen(info: SystemInfo) -> str:
+    """The system lines of ``status`` (and ``update status``)."""
+    image = info.image
+    if image is None:
+        image_text = "none (not an SD image: no release file)"
+    else:
+        extra = ", ".join(f"{key.lower()} {image[key]}" for key in IMAGE_KEYS[1:] if image.get(key))
+        image_text = (image.get("VERSION") or "unknown version") + (f" ({extra})" if extra else "")
+    lines = [f"versions    player {info.player_version}, image {image_text}"]
+    if info.booted_slot is None:
+        lines.append(f"slots       {info.slots_problem}")
+    else:
+        states = ", ".join(f"{slot} {state}" for slot, state in info.slot_states.items())
+        trial = f", trial of {info.trial_slot} armed" if info.trial_slot else ""
+        lines.append(f"slots       booted {info.booted_slot}, primary {info.primary_slot}{trial} "
+                     f"({states})")
+    record = info.last_update
+    lines.append("update      " + (UpdateRecord(**record).summary() if record else "none yet"))
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the missing DAC codec modules for the image's kernel (EMBEDDED.md §2.4).
+# Build the missing DAC codec modules for the image's kernel (EMBEDDED.md §2.4), and
+# rpi-tryboot (board/kmod/rpi-tryboot.c: the A/B update's tryboot flag).
 #   build-kmods.sh TREE
 # TREE is the unpacked target root with linux-headers-<ver> and linux-source-6.1 installed.
 # The sources are taken from linux-source-6.1 on the host (fast); the compile runs inside the
@@ -24,7 +25,7 @@ done
 tar -xJf "$SRC_TAR" -C "$BUILD" --strip-components=4 $members 2>/dev/null || \
     tar -xJf "$SRC_TAR" -C "$BUILD" --strip-components=4 --wildcards $members
 ls "$BUILD"
-cp "$HERE/Kbuild" "$BUILD/Kbuild"
+cp "$HERE/Kbuild" "$HERE/rpi-tryboot.c" "$BUILD/"
 UTILS=""
 if ! grep -q '^CONFIG_SND_SIMPLE_CARD_UTILS=[ym]' "$TREE/boot/config-$KVER"; then
     UTILS="RESONATE_SIMPLE_CARD_UTILS=1"

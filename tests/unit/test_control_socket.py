@@ -114,13 +114,20 @@ def test_cli_status_screen_and_json(tmp_path, capsys):
     assert serve_and(tmp_path, client) == (0, 0)
     out = capsys.readouterr().out
     assert "Kitchen  [playing]" in out
+    assert "versions    player " in out and "slots       " in out  # the system lines
     data = json.loads(out[out.index("\n{") + 1:])
     assert data["now_playing"]["title"] == "Song"
+    assert data["system"]["player_version"] and "booted_slot" in data["system"]
 
 
 def test_cli_status_without_player(tmp_path, capsys):
     assert cli.main(["status", "--state-dir", str(tmp_path)]) == 1
-    assert "is the player running" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "is the player running" in captured.err
+    assert "versions    player " in captured.out  # versions and slots come from files
+    assert cli.main(["status", "--state-dir", str(tmp_path), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert "is the player running" in data["error"] and data["system"]["player_version"]
 
 
 # --------------------------------------------------------------------------- actions
