@@ -2,7 +2,9 @@
 # Build the flashable SD image of the speaker:
 #   bash image/build.sh                 # Pi Zero / Zero W: Debian bookworm armel
 #   bash image/build.sh --arch arm64    # Pi Zero 2 W: same pipeline, Debian arm64
-# Output: image/out/resonate-<arch>.img (+ .img.sha256, build log in image/out/build-<arch>.log).
+# Output: image/out/resonate-<arch>.img (+ .img.sha256, build log in image/out/build-<arch>.log)
+# and resonate-<arch>.json (the OS list Raspberry Pi Imager reads: image/imager/make-manifest.py).
+# Update bundles from the same tree: bash image/bundle.sh (after this).
 #
 # Pipeline (see shared EMBEDDED.md §2.2): mmdebstrap (Debian packages only, cached as a tar)
 # -> unpack + customise the tree under qemu-user (the project's wheel, pyalsaaudio 0.11 built
@@ -99,10 +101,12 @@ fi
 [ "$STAGE" = base ] && exit 0
 
 # ---- stage 2: customised tree ------------------------------------------------------------
-bash "$HERE/customize.sh" "$ARCH" "$BASE_TAR" "$WORK" "$KMODS"
+eval "$(bash "$HERE/rauc/signing-key.sh" "$OUT")"
+KEYRING="$KEYRING" bash "$HERE/customize.sh" "$ARCH" "$BASE_TAR" "$WORK" "$KMODS"
 log "tree customised"
 [ "$STAGE" = tree ] && exit 0
 
 # ---- stage 3: the SD image ----------------------------------------------------------------
 bash "$HERE/mkimage.sh" "$ARCH" "$WORK" "$OUT"
+python3 "$HERE/imager/make-manifest.py" --out "$OUT" "$OUT/resonate-$ARCH.img" >/dev/null  # Raspberry Pi Imager's OS list
 log "done: $OUT/resonate-$ARCH.img ($(du -h --apparent-size "$OUT/resonate-$ARCH.img" | cut -f1) apparent, $(du -h "$OUT/resonate-$ARCH.img" | cut -f1) allocated) in $(( $(date +%s) - T0 )) s"

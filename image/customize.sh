@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Stage 2 of image/build.sh: unpack the base tar and turn it into the speaker's root tree.
 #   customize.sh ARCH BASE_TAR WORK KMODS(0|1)
+# Env: KEYRING (required): the CA certificate update bundles must be signed under.
 # Runs target binaries (pip, gcc, depmod, dpkg) in the tree through qemu-user binfmt.
 # Only /proc, /sys and /dev are bind-mounted into the tree, and only for the chroot steps.
 set -euo pipefail
 ARCH="$1"; BASE_TAR="$2"; WORK="$3"; KMODS="$4"
+[ -s "${KEYRING:-}" ] || { echo "customize: KEYRING (update bundle CA certificate) not set" >&2; exit 1; }
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 TREE="$WORK/tree"
@@ -58,12 +60,13 @@ import importlib.metadata, tempfile, pathlib
 from resonate_embedded.identity import load_or_create
 ident = load_or_create(pathlib.Path(tempfile.mkdtemp()))  # X25519 with Debian's cryptography
 print('identity ok:', ident.client_id[:12], '...')
-import importlib.metadata, alsaaudio, numpy, trio, trio_websocket, attrs, zeroconf, noise, cpace, av, cryptography
+import importlib.metadata, alsaaudio, numpy, trio, trio_websocket, attrs, zeroconf, noise, cpace, av, cryptography, evdev, gpiod
 assert hasattr(alsaaudio.PCM, 'htimestamp'), 'pyalsaaudio without htimestamp'
 import resonate_embedded.player, resonate_embedded.firstboot
 print('python stack ok: numpy', numpy.__version__, 'pyalsaaudio', importlib.metadata.version('pyalsaaudio'), 'trio', trio.__version__)
 "
 in_tree "$VENV/bin/python" -m compileall -q "$VENV/lib" >/dev/null || true
+ln -sfn "$VENV/bin/resonate-embedded" "$TREE/usr/local/bin/resonate-embedded"  # on root's PATH (ssh)
 
 # ---- DAC codec modules (Debian's kernel lacks them) ---------------------------------------
 if [ "$KMODS" = 1 ]; then
@@ -78,8 +81,11 @@ mkdir -p "$TREE/usr/share/resonate-embedded/hats" "$TREE/usr/share/doc/resonate-
 cp "$REPO"/board/hats/*.toml "$TREE/usr/share/resonate-embedded/hats/"
 cp "$HERE/boot/speaker.txt" "$TREE/usr/share/resonate-embedded/speaker.txt"
 cp "$REPO/README.md" "$TREE/usr/share/doc/resonate-embedded/README.md"
-printf '%s\n' "resonate-embedded image $(date -u +%Y-%m-%dT%H:%M:%SZ) arch=$ARCH kernel=$KVER" \
-    > "$TREE/etc/resonate-image-release"
+# what `resonate-embedded status` shows and update bundles carry (key=value)
+BUILT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+PYVER=$(python3 -c "import tomllib,sys; print(tomllib.load(open(sys.argv[1],'rb'))['project']['version'])" "$REPO/pyproject.toml")
+printf '%s\n' "VERSION=${RESONATE_VERSION:-$PYVER+$(date -u -d "$BUILT" +%Y%m%d%H%M)}" "ARCH=$ARCH" \
+    "KERNEL=$KVER" "BUILT=$BUILT" > "$TREE/etc/resonate-image-release"
 
 # ---- system configuration -----------------------------------------------------------------
 log "system configuration"
@@ -91,21 +97,19 @@ mkdir -p "$TREE/data/player" "$TREE/data/config" "$TREE/data/ssh" "$TREE/var/lib
 chmod 0700 "$TREE/data/player" "$TREE/data/ssh"
 in_tree chown resonate:resonate /data/player
 chmod 0755 "$TREE/data/config"
-# Wi-Fi config lives on the data partition (written by resonate-firstboot)
-mkdir -p "$TREE/etc/wpa_supplicant"
-ln -sfn /data/config/wpa_supplicant-wlan0.conf "$TREE/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
-# started when wlan0 appears, not by multi-user.target (QEMU and wired boards have no wlan0)
-mkdir -p "$TREE/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"
-ln -sfn /lib/systemd/system/wpa_supplicant@.service \
-    "$TREE/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service"
-ln -sfn /run/systemd/resolve/stub-resolv.conf "$TREE/etc/resolv.conf"
+# A/B updates: RAUC's system.conf for this arch, the keyring bundles are checked against
+sed -i "s/@ARCH@/$ARCH/" "$TREE/etc/rauc/system.conf"
+install -m 644 "$KEYRING" "$TREE/etc/rauc/keyring.pem"
+mkdir -p "$TREE/data/rauc" "$TREE/data/update"
+# networking (Wi-Fi client, setup hotspot, resolver): its own script
+bash "$HERE/customize-network.sh" "$TREE"
 rm -f "$TREE"/etc/ssh/ssh_host_*  # per-speaker keys are made on first boot
 : > "$TREE/etc/machine-id"          # transient id on the read-only root
 rm -f "$TREE/var/lib/dbus/machine-id"; ln -sfn /etc/machine-id "$TREE/var/lib/dbus/machine-id"
 in_tree passwd -l root >/dev/null     # no password login, by anyone
 in_tree systemctl enable resonate-embedded.service resonate-firstboot.service resonate-sshkeys.service \
-    systemd-networkd.service systemd-resolved.service avahi-daemon.service ssh.service >/dev/null 2>&1
-in_tree systemctl disable wpa_supplicant.service >/dev/null 2>&1 || true
+    resonate-update-check.service resonate-update-confirm.service \
+    systemd-resolved.service avahi-daemon.service ssh.service >/dev/null 2>&1
 in_tree systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
     e2scrub_reap.service fstrim.timer dpkg-db-backup.timer systemd-rfkill.service \
     systemd-rfkill.socket >/dev/null 2>&1 || true

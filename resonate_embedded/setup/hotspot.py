@@ -5,6 +5,8 @@ Rules (:class:`HotspotMachine`, no I/O, time passed in, so it is tested exhausti
 * no Wi-Fi configured                                   -> hotspot up at once;
 * Wi-Fi configured but not joined for ``fail_after_s``   -> hotspot up (default 3 minutes);
 * joined (also while the hotspot is up)                 -> hotspot down;
+* hotspot should be up but is not (it failed to start, or NetworkManager dropped it) for
+  ``AP_RESTART_S``                                       -> started again;
 * the page submitted valid settings                     -> after ``join_delay_s`` (so the
   "joining ..." page reaches the phone first) hotspot down and join the new network; if that
   fails for ``fail_after_s`` the hotspot comes back (and the page says which network failed);
@@ -27,7 +29,10 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import re
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -40,8 +45,12 @@ log = logging.getLogger("resonate-setup")
 DEFAULT_FAIL_AFTER_S = 180.0
 DEFAULT_RETRY_AFTER_S = 300.0
 DEFAULT_JOIN_DELAY_S = 3.0
+AP_RESTART_S = 30.0  # a hotspot that should be up but is not is started again after this
+JOIN_ATTEMPTS = 3  # "nmcli connection up" tries for one submitted network
+JOIN_RETRY_S = 5.0
 AP_ADDRESS = "192.168.4.1"  # the speaker on its own hotspot (NetworkManager "shared" mode)
 MAX_SSID_BYTES = 32
+NM_DEVICE_DISCONNECTED = 30  # NMDeviceState: below it the device is unmanaged or unavailable
 
 
 def ap_ssid_for(name: str) -> str:
@@ -163,14 +172,18 @@ def split_terse(line: str) -> list[str]:
 
 
 class NmcliNetwork:
-    """NetworkManager through ``nmcli`` (subprocess). Needs root (or polkit rights).
+    """NetworkManager 1.42 (Debian bookworm) through ``nmcli``; needs root.
 
-    The hotspot is an NM connection ``resonate-setup`` in AP mode with ``ipv4.method shared``
-    (NM runs dnsmasq for DHCP) at 192.168.4.1/24; the joined network is ``resonate-wifi``,
-    autoconnecting. The passphrase never appears on a command line: the derived 256-bit key
-    is given (still a credential, but not the user's password). ``iw reg set`` sets the
-    regulatory country (NM itself does not). Not exercised in tests; see README for what is
-    verified on hardware.
+    * scan: ``device wifi list`` on the interface (NM rescans when its list is over 30 s old);
+    * hotspot: an in-memory profile (``save no``: never written to the data partition)
+      ``resonate-setup``: AP mode on 2.4 GHz, ``ipv4.method shared`` at 192.168.4.1/24 (NM runs
+      dnsmasq: DHCP and DNS for the phone), WPA2-PSK (RSN/CCMP, PMF off: brcmfmac's AP mode and
+      older phones) when there is a password;
+    * join: the page applied the settings like a boot does, so resonate-firstboot has written the
+      ``resonate-wifi`` profile into NM's keyfile directory (``/data/config/nm-connections``): NM
+      re-reads it (``connection reload``), it must name the submitted SSID, then it is brought
+      up. The passphrase never appears on a command line. The regulatory country is set over
+      nl80211 first (NM leaves it alone, and the image has no ``iw``).
     """
 
     AP_CONNECTION = "resonate-setup"
@@ -178,8 +191,11 @@ class NmcliNetwork:
 
     def __init__(self, ifname: str = "wlan0", address: str = AP_ADDRESS,
                  run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
-                 timeout_s: float = 45.0) -> None:
+                 set_country: Callable[[str], None] | None = None,
+                 timeout_s: float = 45.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ifname, self.address, self._run, self.timeout_s = ifname, address, run, timeout_s
+        self._set_country = set_country or set_regulatory_country
+        self._sleep = sleep
 
     def _nmcli(self, *args: str, check: bool = True) -> str:
         cmd = ["nmcli", "--wait", str(int(self.timeout_s)), *args]
@@ -188,12 +204,25 @@ class NmcliNetwork:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise NetworkError(f"nmcli {args[0]}: {exc}") from None
         if check and done.returncode != 0:
-            raise NetworkError(f"nmcli {' '.join(args[:3])}: {done.stderr.strip() or done.returncode}")
+            raise NetworkError(f"nmcli {' '.join(args[:4])}: {done.stderr.strip() or done.returncode}")
         return done.stdout
 
+    def _wait_ready(self) -> None:
+        """Until NM can use the radio: at boot it is "unavailable" until wpa_supplicant is up,
+        and neither a scan nor the access point can start before that."""
+        state = ""
+        for _ in range(int(self.timeout_s)):
+            state = self._nmcli("-g", "GENERAL.STATE", "device", "show", self.ifname, check=False)
+            code = re.match(r"\s*(\d+)", state)  # "30 (disconnected)"
+            if code and int(code.group(1)) >= NM_DEVICE_DISCONNECTED:
+                return
+            self._sleep(1.0)
+        raise NetworkError(f"{self.ifname} not ready for NetworkManager ({state.strip() or 'no such device'})")
+
     def scan(self) -> list[Network]:
+        self._wait_ready()
         out = self._nmcli("-t", "-f", "SSID,SIGNAL,SECURITY", "device", "wifi", "list",
-                          "ifname", self.ifname, "--rescan", "yes")
+                          "ifname", self.ifname)
         nets = []
         for line in out.splitlines():
             fields = split_terse(line)
@@ -206,41 +235,50 @@ class NmcliNetwork:
         return nets
 
     def start_ap(self, ssid: str, password: str | None) -> None:
-        self._nmcli("connection", "delete", self.AP_CONNECTION, check=False)
-        args = ["connection", "add", "type", "wifi", "ifname", self.ifname,
+        self.stop_ap()
+        self._wait_ready()
+        args = ["connection", "add", "save", "no", "type", "wifi", "ifname", self.ifname,
                 "con-name", self.AP_CONNECTION, "autoconnect", "no", "ssid", ssid,
                 "802-11-wireless.mode", "ap", "802-11-wireless.band", "bg",
                 "ipv4.method", "shared", "ipv4.addresses", f"{self.address}/24",
                 "ipv6.method", "disabled"]
         if password:
-            args += ["wifi-sec.key-mgmt", "wpa-psk", "wifi-sec.psk", password]
+            args += ["wifi-sec.key-mgmt", "wpa-psk", "wifi-sec.proto", "rsn",
+                     "wifi-sec.pairwise", "ccmp", "wifi-sec.group", "ccmp",
+                     "wifi-sec.pmf", "disable", "wifi-sec.psk", password]
         self._nmcli(*args)
-        self._nmcli("connection", "up", self.AP_CONNECTION)
+        self._nmcli("connection", "up", "id", self.AP_CONNECTION)
 
     def stop_ap(self) -> None:
-        self._nmcli("connection", "down", self.AP_CONNECTION, check=False)
-        self._nmcli("connection", "delete", self.AP_CONNECTION, check=False)
+        # deleting deactivates; "no such connection" means it is down already
+        self._nmcli("connection", "delete", "id", self.AP_CONNECTION, check=False)
 
     def join(self, ssid: str, psk: str, country: str) -> None:
-        from resonate_embedded.firstboot import wpa_psk
-
         try:
-            self._run(["iw", "reg", "set", country], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._set_country(country)
+        except NetworkError as exc:
             log.warning("cannot set the Wi-Fi country %s: %s", country, exc)
-        self._nmcli("connection", "delete", self.WIFI_CONNECTION, check=False)
-        args = ["connection", "add", "type", "wifi", "ifname", self.ifname,
-                "con-name", self.WIFI_CONNECTION, "autoconnect", "yes", "ssid", ssid,
-                "802-11-wireless.hidden", "yes"]
-        if psk:
-            args += ["wifi-sec.key-mgmt", "wpa-psk", "wifi-sec.psk", wpa_psk(ssid, psk)]
-        self._nmcli(*args)
-        # "up" may fail (wrong password, out of range): the machine's timer decides what next
-        self._nmcli("connection", "up", self.WIFI_CONNECTION, check=False)
+        self._nmcli("connection", "reload")
+        written = split_terse(self._nmcli("-g", "802-11-wireless.ssid", "connection", "show",
+                                          "id", self.WIFI_CONNECTION).strip())[0]
+        if written != ssid:
+            raise NetworkError(f"the {self.WIFI_CONNECTION} profile is for {written!r}, not {ssid!r}")
+        # A new regulatory domain makes cfg80211 re-check the radio's channels: wait until the
+        # device is usable again, and give "up" a few tries (a radio settling, a slow DHCP).
+        # A wrong password or a network out of range still fails: the machine's timer decides.
+        self._wait_ready()
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            try:
+                self._nmcli("connection", "up", "id", self.WIFI_CONNECTION)
+                return
+            except NetworkError as exc:
+                log.warning("joining %r failed (attempt %d of %d): %s", ssid, attempt, JOIN_ATTEMPTS, exc)
+            if attempt < JOIN_ATTEMPTS:
+                self._sleep(JOIN_RETRY_S)
 
     def status(self) -> NetStatus:
-        names = self._nmcli("-t", "-f", "NAME,TYPE", "connection", "show")
-        configured = any(split_terse(line)[0] == self.WIFI_CONNECTION for line in names.splitlines())
+        names = self._nmcli("-g", "NAME", "connection", "show").splitlines()
+        configured = self.WIFI_CONNECTION in (split_terse(name)[0] for name in names)
         out = self._nmcli("-t", "-f", "DEVICE,STATE,CONNECTION", "device", "status")
         state, connection = "", ""
         for line in out.splitlines():
@@ -251,6 +289,88 @@ class NmcliNetwork:
         return NetStatus(configured=configured,
                          connected=active and connection == self.WIFI_CONNECTION,
                          ssid=None, ap_active=active and connection == self.AP_CONNECTION)
+
+
+# ---- the regulatory country (what ``iw reg set XX`` does), over generic netlink ---------------
+
+_NETLINK_GENERIC = 16
+_NLM_F_REQUEST_ACK = 0x1 | 0x4
+_NLMSG_ERROR = 2
+_GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, _CTRL_ATTR_FAMILY_ID, _CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
+_NL80211_CMD_REQ_SET_REG, _NL80211_ATTR_REG_ALPHA2 = 27, 33  # not 26: NL80211_CMD_SET_REG
+
+
+def nl_attr(kind: int, value: bytes) -> bytes:
+    """One netlink attribute (length, type, value, padding to 4 bytes)."""
+    size = 4 + len(value)
+    return struct.pack("=HH", size, kind) + value + b"\0" * (-size % 4)
+
+
+def nl_attrs(data: bytes) -> dict[int, bytes]:
+    """The attributes in ``data`` by type."""
+    attrs: dict[int, bytes] = {}
+    at = 0
+    while at + 4 <= len(data):
+        size, kind = struct.unpack_from("=HH", data, at)
+        if size < 4:
+            break
+        attrs[kind & 0x3FFF] = data[at + 4:at + size]
+        at += (size + 3) & ~3
+    return attrs
+
+
+def genl_request(family: int, cmd: int, attrs: bytes, seq: int) -> bytes:
+    """A generic netlink request that asks for an acknowledgement."""
+    body = struct.pack("=BBH", cmd, 1, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), family, _NLM_F_REQUEST_ACK, seq, 0) + body
+
+
+def genl_replies(data: bytes, seq: int) -> tuple[list[bytes], bool]:
+    """The payloads (generic header cut) of the replies to ``seq`` in ``data``, and whether the
+    acknowledgement was among them. A refused request raises :class:`NetworkError`."""
+    payloads: list[bytes] = []
+    at = 0
+    while at + 16 <= len(data):
+        size, kind, _flags, reply_seq, _pid = struct.unpack_from("=IHHII", data, at)
+        if size < 16:
+            break
+        body = data[at + 16:at + size]
+        at += (size + 3) & ~3
+        if reply_seq != seq:
+            continue
+        if kind == _NLMSG_ERROR:
+            (error,) = struct.unpack_from("=i", body)
+            if error:
+                raise NetworkError(f"nl80211: {os.strerror(-error)}")
+            return payloads, True
+        payloads.append(body[4:])
+    return payloads, False
+
+
+def _genl_call(sock: socket.socket, family: int, cmd: int, attrs: bytes, seq: int) -> list[bytes]:
+    sock.sendto(genl_request(family, cmd, attrs, seq), (0, 0))
+    payloads: list[bytes] = []
+    while True:
+        more, acked = genl_replies(sock.recv(65536), seq)
+        payloads += more
+        if acked:
+            return payloads
+
+
+def set_regulatory_country(country: str) -> None:
+    """Tell cfg80211 the country (a user regulatory hint, as ``iw reg set`` sends). Root only."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_GENERIC) as sock:
+            sock.settimeout(5)
+            sock.bind((0, 0))
+            reply = _genl_call(sock, _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY,
+                               nl_attr(_CTRL_ATTR_FAMILY_NAME, b"nl80211\0"), 1)
+            (family,) = struct.unpack_from("=H", nl_attrs(reply[0])[_CTRL_ATTR_FAMILY_ID])
+            _genl_call(sock, family, _NL80211_CMD_REQ_SET_REG,
+                       nl_attr(_NL80211_ATTR_REG_ALPHA2, country.encode("ascii") + b"\0"), 2)
+    except (OSError, IndexError, KeyError, struct.error) as exc:
+        raise NetworkError(f"regulatory country {country}: {exc}") from None
+    log.info("Wi-Fi regulatory country set to %s", country)
 
 
 # ---- the state machine -------------------------------------------------------------------
@@ -354,6 +474,8 @@ class HotspotMachine:
                 return self._hotspot(now)
             return []
         # HOTSPOT
+        if not status.ap_active and now - self.since >= AP_RESTART_S:
+            return self._hotspot(now)  # it failed to start, or went away: start it again
         if (configured and self.retry_after_s is not None
                 and now - max(self.since, self.last_activity) >= self.retry_after_s):
             self._to(Mode.JOINING, now)  # without the AP the stack rejoins its configured network

@@ -182,9 +182,9 @@ def test_setup_page_in_a_real_browser(browser, speaker, tmp_path):
     assert config.device == "hw:CARD=ResonateDAC,DEV=0"
     assert (data / "hat").read_text() == "hifiberry-dacplus\n"
     assert (data / "hostname").read_text() == "kitchen\n"
-    wpa = (data / "wpa_supplicant-wlan0.conf").read_text()
-    assert "country=GB" in wpa and "Home Wi-Fi".encode().hex() in wpa
-    assert firstboot.wpa_psk("Home Wi-Fi", "correct horse") in wpa
+    wifi = (tmp_path / "data" / "config" / firstboot.NM_KEYFILE).read_text()  # NetworkManager's profile
+    assert "ssid=Home Wi-Fi" in wifi and "dhcp-hostname=kitchen" in wifi
+    assert "psk=" + firstboot.wpa_psk("Home Wi-Fi", "correct horse") in wifi and "correct horse" not in wifi
     assert "resonate-hifiberry-dacplus" in (tmp_path / "boot" / firstboot.HAT_FILE).read_text()
     (settings, result), = speaker["applied"]
     assert settings.wifi == firstboot.Wifi("Home Wi-Fi", "correct horse", "GB") and result.reboot

@@ -11,132 +11,75 @@ RESONATE_IMAGE=path/to/resonate-armel.img tests an existing image instead of bui
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "image" / "out"
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("RESONATE_IMAGE_TESTS") != "1",
-    reason="image tests are slow: set RESONATE_IMAGE_TESTS=1 (see image/build.sh)")
-
-
-def sh(*args: str, timeout: float = 300, check: bool = True) -> str:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-@pytest.fixture(scope="session")
-def image() -> Path:
-    given = os.environ.get("RESONATE_IMAGE")
-    if given:
-        return Path(given)
-    log = OUT / "build-armel.log"
-    OUT.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        rc = subprocess.run(["bash", str(REPO / "image" / "build.sh"), "--arch", "armel"],
-                            stdout=f, stderr=subprocess.STDOUT, timeout=3600).returncode
-    assert rc == 0, f"image/build.sh failed, see {log}:\n" + "".join(log.read_text().splitlines(True)[-40:])
-    return OUT / "resonate-armel.img"
-
-
-@pytest.fixture(scope="session")
-def parts(image: Path) -> list[dict]:
-    table = json.loads(sh("sfdisk", "-J", str(image)))["partitiontable"]
-    sector = table.get("sectorsize", 512)
-    return [{**p, "offset": p["start"] * sector, "bytes": p["size"] * sector} for p in table["partitions"]]
-
-
-class Fat:
-    def __init__(self, image: Path, offset: int) -> None:
-        self.spec = f"{image}@@{offset}"
-
-    def names(self) -> list[str]:
-        return [line.removeprefix("::/") for line in sh("mdir", "-b", "-i", self.spec, "::/").split()]
-
-    def read(self, name: str) -> str:
-        return sh("mtype", "-i", self.spec, f"::/{name}")
-
-
-class Ext4:
-    def __init__(self, image: Path, offset: int) -> None:
-        self.spec = f"{image}?offset={offset}"
-
-    def cmd(self, request: str) -> str:
-        return sh("debugfs", "-R", request, self.spec)
-
-    def read(self, path: str) -> str:
-        return self.cmd(f"cat {path}")
-
-    def stat(self, path: str) -> str:
-        out = self.cmd(f"stat {path}")
-        assert "Inode:" in out, f"{path} not in the image"
-        return out
-
-    def mode(self, path: str) -> int:
-        return int(re.search(r"Mode:\s+(\d+)", self.stat(path)).group(1), 8)
-
-    def owner(self, path: str) -> tuple[int, int]:
-        m = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", self.stat(path))
-        return int(m.group(1)), int(m.group(2))
-
-    def link(self, path: str) -> str:
-        m = re.search(r'Fast link dest: "([^"]*)"', self.stat(path))
-        return m.group(1) if m else self.read(path)
-
-    def ls(self, path: str) -> list[str]:
-        return [line.split()[-1] for line in self.cmd(f"ls -l {path}").splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def fat(image, parts) -> Fat:
-    return Fat(image, parts[0]["offset"])
-
-
-@pytest.fixture(scope="session")
-def root(image, parts) -> Ext4:
-    return Ext4(image, parts[1]["offset"])
-
-
-@pytest.fixture(scope="session")
-def data(image, parts) -> Ext4:
-    return Ext4(image, parts[2]["offset"])
-
 
 def test_partitions(parts, image):
-    assert [p["type"] for p in parts] == ["c", "83", "83"]
+    assert [p["type"] for p in parts] == ["c", "83", "83", "83"]  # boot, root A, root B, data
     assert parts[0].get("bootable") is True
     assert all(p["offset"] % (4 << 20) == 0 for p in parts)  # aligned for SD erase blocks
-    assert parts[0]["bytes"] == 256 << 20 and parts[2]["bytes"] == 64 << 20
-    print(f"image {image.stat().st_size / 2**20:.0f} MiB; root {parts[1]['bytes'] / 2**20:.0f} MiB")
+    assert parts[0]["bytes"] == 256 << 20 and parts[3]["bytes"] == 448 << 20
+    assert parts[1]["bytes"] == parts[2]["bytes"]  # symmetric slots
+    print(f"image {image.stat().st_size / 2**20:.0f} MiB; root slots {parts[1]['bytes'] / 2**20:.0f} MiB each")
 
 
 def test_boot_partition(fat):
     names = set(fat.names())
-    for required in ("bootcode.bin", "start.elf", "fixup.dat", "config.txt", "cmdline.txt",
+    for required in ("bootcode.bin", "start.elf", "fixup.dat", "config.txt", "tryboot.txt",
                      "speaker.txt", "resonate-hat.txt"):
         assert required in names, f"{required} missing from the FAT partition"
-    assert any(n.startswith("vmlinuz-") for n in names) and any(n.startswith("initrd.img-") for n in names)
+    assert not [n for n in names if n.startswith(("vmlinuz", "initrd.img")) or n.endswith(".dtb")]
+    slot_a = set(fat.names("slot-a"))
+    assert {"vmlinuz", "initrd.img", "cmdline.txt"} <= slot_a
     for hat in ("hifiberry-dac", "hifiberry-dacplus", "max98357a"):
         for board in ("bcm2835-rpi-zero", "bcm2835-rpi-zero-w"):
-            assert f"resonate-{hat}-{board}.dtb" in names
+            assert f"resonate-{hat}-{board}.dtb" in slot_a
+    assert fat.names("slot-b") == [] or set(fat.names("slot-b")) <= {".", ".."}
     config = fat.read("config.txt")
     assert "include resonate-hat.txt" in config and "upstream_kernel=1" in config
-    cmdline = fat.read("cmdline.txt").split()
-    assert "ro" in cmdline and "rw" not in cmdline and "root=/dev/mmcblk0p2" in cmdline
+    assert re.findall(r"^os_prefix=.*$", config, re.M) == ["os_prefix=slot-a/"]
+    assert "kernel=vmlinuz" in config.splitlines() and "initramfs initrd.img followkernel" in config
+    assert fat.read("tryboot.txt") == config  # no trial armed
+    cmdline = fat.read("slot-a/cmdline.txt").split()
+    assert "ro" in cmdline and "rw" not in cmdline
+    assert "root=/dev/mmcblk0p2" in cmdline and "rauc.slot=A" in cmdline
     hat = fat.read("resonate-hat.txt")
     assert "[pi0w]" in hat and "device_tree=resonate-hifiberry-dac-bcm2835-rpi-zero-w.dtb" in hat
     # the shipped speaker.txt is all comments: valid, and means "defaults"
     assert all(not line.strip() or line.lstrip().startswith("#")
                for line in fat.read("speaker.txt").splitlines())
+
+
+def test_imager_manifest(image):
+    manifest = json.loads((image.parent / "resonate-armel.json").read_text())
+    entry = manifest["os_list"][0]
+    assert entry["init_format"] == "cloudinit" and entry["devices"] == ["pi1-32bit"]
+    assert entry["extract_size"] == image.stat().st_size
+    assert entry["extract_sha256"] == (image.parent / (image.name + ".sha256")).read_text().split()[0]
+
+
+def test_update_system(root):
+    conf = root.read("/etc/rauc/system.conf")
+    for line in ("compatible=resonate-embedded-armel", "bootloader=custom", "bundle-formats=-plain",
+                 "device=/dev/mmcblk0p2", "device=/dev/mmcblk0p3", "bootname=A", "bootname=B",
+                 "bootloader-custom-backend=/usr/lib/resonate-embedded/rauc-bootloader"):
+        assert line in conf.splitlines(), line
+    assert "BEGIN CERTIFICATE" in root.read("/etc/rauc/keyring.pem")
+    assert root.mode("/usr/lib/resonate-embedded/rauc-bootloader") & 0o111
+    assert {"vmlinuz", "initrd.img", "cmdline.txt.in"} <= set(root.ls("/usr/lib/resonate-embedded/boot"))
+    release = dict(line.split("=", 1) for line in root.read("/etc/resonate-image-release").split())
+    assert {"VERSION", "ARCH", "KERNEL", "BUILT"} <= set(release) and release["ARCH"] == "armel"
+    kver = release["KERNEL"]
+    assert "rpi-tryboot.ko" in root.ls(f"/usr/lib/modules/{kver}/updates/resonate")
+    assert "rpi-tryboot" in root.read("/etc/modules-load.d/rpi-tryboot.conf")
+    wants = root.ls("/etc/systemd/system/multi-user.target.wants")
+    assert {"resonate-update-check.service", "resonate-update-confirm.service"} <= set(wants)
+    assert "rauc.service" in root.ls("/usr/lib/systemd/system")  # rauc-service (D-Bus)
 
 
 def test_player_unit(root):
@@ -147,8 +90,10 @@ def test_player_unit(root):
     assert re.search(r"^WatchdogSec=\d+", unit, re.M)
     wants = root.ls("/etc/systemd/system/multi-user.target.wants")
     for name in ("resonate-embedded.service", "resonate-firstboot.service", "avahi-daemon.service",
-                 "systemd-networkd.service"):
+                 "NetworkManager.service"):
         assert name in wants, name
+    # the setup hotspot starts with a Wi-Fi radio, not with multi-user.target
+    assert "resonate-setup.service" in root.ls("/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants")
     passwd = root.read("/etc/passwd")
     entry = next(line for line in passwd.splitlines() if line.startswith("resonate:"))
     assert entry.endswith(":/usr/sbin/nologin")
@@ -160,7 +105,7 @@ def test_read_only_root_and_volatile_logs(root):
     fstab = [line.split() for line in root.read("/etc/fstab").splitlines()
              if line.strip() and not line.startswith("#")]
     by_mount = {f[1]: f for f in fstab}
-    assert "ro" in by_mount["/"][3].split(",")
+    assert "/" not in by_mount  # the root slot comes from root= (read-only: "ro" on the cmdline)
     assert "ro" in by_mount["/boot/firmware"][3].split(",")
     assert by_mount["/var/lib/resonate-embedded"][0] == "/data/player"
     for tmp in ("/tmp", "/var/log", "/var/lib/systemd"):
@@ -183,6 +128,7 @@ def test_no_password_login(root):
 
 def test_python_stack_files(root):
     assert root.mode("/opt/resonate-embedded/bin/resonate-embedded") & 0o111
+    assert root.link("/usr/local/bin/resonate-embedded") == "/opt/resonate-embedded/bin/resonate-embedded"
     site = "/opt/resonate-embedded/lib/python3.11/site-packages"
     names = root.ls(site)
     assert any(n.startswith("alsaaudio") and n.endswith(".so") for n in names)
@@ -214,6 +160,8 @@ def test_data_partition(data, root):
     assert data.owner("/player")[0] == uid and data.mode("/player") & 0o777 == 0o700
     toml = data.read("/config/player.toml")
     assert 'device = "hw:CARD=ResonateDAC,DEV=0"' in toml and 'name = "Resonate Speaker"' in toml
+    assert data.mode("/config/nm-connections") & 0o777 == 0o700  # Wi-Fi profiles hold keys
+    assert data.owner("/config/nm-connections") == (0, 0)
 
 
 def test_qemu_boot_selftest(image):

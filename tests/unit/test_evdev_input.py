@@ -317,5 +317,6 @@ def test_board_control_profiles_are_valid(profile):
     for source in data["overlay"]["sources"]:
         assert (REPO / source).is_file(), source
     config = Config(**data["player"])
-    config.keymap()
+    keymap = config.keymap()
     assert config.led_config().configured
+    assert "say_where" in keymap.long_press.values()  # every wiring can make the speaker say where it is

@@ -22,6 +22,8 @@ AP = "Speaker-Kitchen-setup"
 NOT_CONFIGURED = NetStatus(configured=False, connected=False)
 FAILING = NetStatus(configured=True, connected=False)
 JOINED = NetStatus(configured=True, connected=True, ssid="Home")
+AP_UP = NetStatus(configured=False, connected=False, ap_active=True)  # our hotspot is running
+FAILING_AP_UP = NetStatus(configured=True, connected=False, ap_active=True)
 
 
 def machine(**kw) -> HotspotMachine:
@@ -42,8 +44,17 @@ def test_no_wifi_configured_opens_the_hotspot_at_once():
     m = machine()
     assert m.tick(0, NOT_CONFIGURED) == [StartAp(AP, None)]
     assert m.hotspot_up
-    assert m.tick(1000, NOT_CONFIGURED) == []  # stays up, no retry: nothing to retry
+    assert m.tick(1000, AP_UP) == []  # stays up, no retry: nothing to retry
     assert m.hotspot_up
+
+
+def test_a_hotspot_that_failed_to_start_or_went_away_is_started_again():
+    m = machine()
+    assert m.tick(0, NOT_CONFIGURED) == [StartAp(AP, None)]  # and NetworkManager failed it
+    assert m.tick(hotspot.AP_RESTART_S - 1, NOT_CONFIGURED) == []  # give it time to come up
+    assert m.tick(hotspot.AP_RESTART_S, NOT_CONFIGURED) == [StartAp(AP, None)]
+    assert m.tick(100, AP_UP) == []
+    assert m.tick(200, NOT_CONFIGURED) == [StartAp(AP, None)]  # gone: 100 s since it was started
 
 
 def test_configured_wifi_failing_for_three_minutes_opens_the_hotspot():
@@ -105,8 +116,8 @@ def test_hotspot_after_failure_retries_the_configured_network_when_nobody_uses_i
     m.tick(0, FAILING)
     m.tick(180, FAILING)  # hotspot up
     m.activity(400)  # someone opened the page
-    assert m.tick(479, FAILING) == []  # 300 s since the hotspot came up, but only 79 since use
-    assert m.tick(700, FAILING) == [StopAp()]  # router back after a power cut: try again
+    assert m.tick(479, FAILING_AP_UP) == []  # 300 s since the hotspot came up, but only 79 since use
+    assert m.tick(700, FAILING_AP_UP) == [StopAp()]  # router back after a power cut: try again
     assert m.mode is Mode.JOINING
     assert m.tick(880, FAILING) == [StartAp(AP, None)]  # still failing: hotspot again
     assert m.tick(900, JOINED) == [StopAp()]
@@ -116,7 +127,7 @@ def test_retry_can_be_disabled():
     m = machine(retry_after_s=None)
     m.tick(0, FAILING)
     m.tick(180, FAILING)
-    assert m.tick(100_000, FAILING) == [] and m.hotspot_up
+    assert m.tick(100_000, FAILING_AP_UP) == [] and m.hotspot_up
 
 
 def test_fail_after_must_be_positive():
@@ -211,8 +222,9 @@ def test_good_form_is_saved_as_speaker_txt_and_applied_like_at_boot(card):
     config = build_config(load_toml(card.data / "config" / "player.toml"), {})
     assert (config.name, config.server) == ("Kitchen", "ws://192.168.1.10:8927/sendspin")
     assert config.device == "hw:CARD=ResonateDAC,DEV=0"
-    wpa = (card.data / "config" / "wpa_supplicant-wlan0.conf").read_text()
-    assert "country=GB" in wpa and firstboot.wpa_psk("Home Wi-Fi", "  spaces and \"quotes\"  ") in wpa
+    keyfile = (card.data / "config" / firstboot.NM_KEYFILE).read_text()  # what the hotspot's join loads
+    assert "id=resonate-wifi" in keyfile and "ssid=Home Wi-Fi" in keyfile
+    assert "psk=" + firstboot.wpa_psk("Home Wi-Fi", "  spaces and \"quotes\"  ") in keyfile
     # the card's speaker.txt now says the same thing, so the next boot keeps it
     again = firstboot.apply(card.boot, card.data, HATS, Path("/var/lib/resonate-embedded"))
     assert again.ok and again.changed == [] and again.settings == settings
@@ -306,31 +318,132 @@ def test_http_refuses_cross_origin_oversized_and_odd_posts(server, card):
     assert resp.status == 200 and b"Joining Home Wi-Fi" in data
 
 
-# ---- nmcli (commands only: nmcli is never run here) --------------------------------------------
+# ---- nmcli (commands only: nmcli is never run here; the real run is the QEMU hotspot test) ------
 
-def test_nmcli_terse_parsing_and_commands():
+class FakeNmcli:
+    """Answers ``nmcli`` argv lists from canned output, records them."""
+
+    READY = {("-g", "GENERAL.STATE"): "30 (disconnected)\n"}
+
+    def __init__(self, outputs: dict[tuple[str, ...], str], failing: tuple[str, ...] = ()) -> None:
+        self.outputs, self.failing, self.calls = {**self.READY, **outputs}, failing, []
+
+    def __call__(self, cmd, **kw):
+        self.calls.append(cmd)
+        args = tuple(cmd[3:])  # after "nmcli --wait N"
+        rc = 1 if any(word in args for word in self.failing) else 0
+        out = next((text for key, text in self.outputs.items() if args[:len(key)] == key), "")
+        return subprocess.CompletedProcess(cmd, rc, out, "Error: failed" if rc else "")
+
+
+def test_nmcli_terse_parsing_scan_and_status():
     assert hotspot.split_terse(r"My\:Net:80:WPA2") == ["My:Net", "80", "WPA2"]
     assert hotspot.split_terse(r"back\\slash:5:") == ["back\\slash", "5", ""]
-    calls = []
-    outputs = {"list": "Home:82:WPA2\nHome:40:WPA2\n:70:WPA2\nCafe:30:\n",
-               "show": "resonate-wifi:802-11-wireless\nlo:loopback\n",
-               "status": "wlan0:connected:resonate-wifi\nlo:unmanaged:--\n"}
-
-    def fake_run(cmd, **kw):
-        calls.append(cmd)
-        out = next((text for word, text in outputs.items() if word in cmd), "")
-        return subprocess.CompletedProcess(cmd, 0, out, "")
-
-    net = hotspot.NmcliNetwork(run=fake_run)
+    nmcli = FakeNmcli({("-t", "-f", "SSID,SIGNAL,SECURITY"): "Home:82:WPA2\nHome:40:WPA2\n:70:WPA2\nCafe:30:\n",
+                       ("-g", "NAME"): "resonate-wifi\nlo\n",
+                       ("-t", "-f", "DEVICE,STATE,CONNECTION"): "wlan0:connected:resonate-wifi\nlo:unmanaged:--\n"})
+    net = hotspot.NmcliNetwork(run=nmcli)
     scan = hotspot.best_networks(net.scan())
     assert [(n.ssid, n.signal, n.secure) for n in scan] == [("Home", 82, True), ("Cafe", 30, False)]
+    assert nmcli.calls[1] == ["nmcli", "--wait", "45", "-t", "-f", "SSID,SIGNAL,SECURITY",
+                              "device", "wifi", "list", "ifname", "wlan0"]
     assert net.status() == NetStatus(configured=True, connected=True, ssid=None, ap_active=False)
-    net.join("Home", "correct horse", "GB")
-    add = next(c for c in calls if "add" in c)
-    assert ["iw", "reg", "set", "GB"] in calls
-    assert "correct horse" not in " ".join(map(str, add))  # only the derived key on argv
-    assert firstboot.wpa_psk("Home", "correct horse") in add
+    nmcli.outputs[("-t", "-f", "DEVICE,STATE,CONNECTION")] = "wlan0:connected:resonate-setup\n"
+    nmcli.outputs[("-g", "NAME")] = "resonate-setup\n"
+    assert net.status() == NetStatus(configured=False, connected=False, ap_active=True)
+
+
+def test_nmcli_hotspot_is_an_unsaved_shared_ap_with_wpa2_only_with_a_password():
+    nmcli = FakeNmcli({})
+    net = hotspot.NmcliNetwork(run=nmcli)
+    net.start_ap(AP, "setup-pass")
+    delete, ready, add, up = (c[3:] for c in nmcli.calls)
+    assert delete == ["connection", "delete", "id", "resonate-setup"]
+    assert ready == ["-g", "GENERAL.STATE", "device", "show", "wlan0"]
+    assert add[:4] == ["connection", "add", "save", "no"]
+    pairs = dict(zip(add[4::2], add[5::2]))
+    assert pairs == {"type": "wifi", "ifname": "wlan0", "con-name": "resonate-setup", "autoconnect": "no",
+                     "ssid": AP, "802-11-wireless.mode": "ap", "802-11-wireless.band": "bg",
+                     "ipv4.method": "shared", "ipv4.addresses": "192.168.4.1/24", "ipv6.method": "disabled",
+                     "wifi-sec.key-mgmt": "wpa-psk", "wifi-sec.proto": "rsn", "wifi-sec.pairwise": "ccmp",
+                     "wifi-sec.group": "ccmp", "wifi-sec.pmf": "disable", "wifi-sec.psk": "setup-pass"}
+    assert up == ["connection", "up", "id", "resonate-setup"]
+    nmcli.calls.clear()
     net.start_ap(AP, None)
-    ap_add = [c for c in calls if "add" in c][-1]
-    assert "ap" in ap_add and "shared" in ap_add and "192.168.4.1/24" in ap_add
-    assert "wifi-sec.psk" not in ap_add
+    assert not [a for a in nmcli.calls[2] if a.startswith("wifi-sec.")]  # open
+    nmcli.calls.clear()
+    net.stop_ap()
+    assert [c[3:] for c in nmcli.calls] == [["connection", "delete", "id", "resonate-setup"]]
+
+
+def test_nmcli_waits_until_networkmanager_can_use_the_radio():
+    """At boot wlan0 is "unavailable" until wpa_supplicant is up: no scan or AP before that."""
+    states = iter(["20 (unavailable)\n", "20 (unavailable)\n", "30 (disconnected)\n"])
+    nmcli = FakeNmcli({})
+    sleeps = []
+
+    def run(cmd, **kw):
+        if cmd[3:5] == ["-g", "GENERAL.STATE"]:
+            nmcli.outputs[("-g", "GENERAL.STATE")] = next(states)
+        return nmcli(cmd, **kw)
+
+    net = hotspot.NmcliNetwork(run=run, sleep=sleeps.append)
+    assert net.scan() == [] and sleeps == [1.0, 1.0]
+    nmcli.outputs[("-g", "GENERAL.STATE")] = ""  # no such device
+    with pytest.raises(hotspot.NetworkError, match="wlan0 not ready .*no such device"):
+        hotspot.NmcliNetwork(run=nmcli, sleep=sleeps.append, timeout_s=3).start_ap(AP, None)
+    assert len(sleeps) == 5
+
+
+def test_nmcli_join_sets_the_country_reloads_the_profile_firstboot_wrote_and_brings_it_up():
+    countries = []
+    nmcli = FakeNmcli({("-g", "802-11-wireless.ssid"): "My\\:Home\n"})
+    net = hotspot.NmcliNetwork(run=nmcli, set_country=countries.append)
+    net.join("My:Home", "correct horse", "GB")
+    assert countries == ["GB"]
+    assert [c[3:] for c in nmcli.calls] == [
+        ["connection", "reload"],
+        ["-g", "802-11-wireless.ssid", "connection", "show", "id", "resonate-wifi"],
+        ["-g", "GENERAL.STATE", "device", "show", "wlan0"],  # the radio usable after the country
+        ["connection", "up", "id", "resonate-wifi"]]
+    assert "correct horse" not in " ".join(" ".join(c) for c in nmcli.calls)
+    with pytest.raises(hotspot.NetworkError, match="not 'Other'"):
+        net.join("Other", "pw", "GB")  # the profile on disk is not what was submitted: no "up"
+    assert nmcli.calls[-1][3:5] == ["-g", "802-11-wireless.ssid"]
+
+
+def test_nmcli_join_tries_up_again_and_gives_the_rest_to_the_machine(caplog):
+    sleeps = []
+    nmcli = FakeNmcli({("-g", "802-11-wireless.ssid"): "Home\n"}, failing=("up",))
+    hotspot.NmcliNetwork(run=nmcli, set_country=lambda c: None, sleep=sleeps.append).join("Home", "pw", "GB")
+    assert [c[3:5] for c in nmcli.calls].count(["connection", "up"]) == hotspot.JOIN_ATTEMPTS
+    assert sleeps == [hotspot.JOIN_RETRY_S] * (hotspot.JOIN_ATTEMPTS - 1)
+    assert "attempt 3 of 3" in caplog.text  # no exception: the machine's timer brings the hotspot back
+
+
+def test_nmcli_join_goes_on_without_a_country_and_fails_without_a_profile():
+    def no_nl80211(country: str) -> None:
+        raise hotspot.NetworkError("nl80211: No such file or directory")
+
+    nmcli = FakeNmcli({}, failing=("show",))
+    net = hotspot.NmcliNetwork(run=nmcli, set_country=no_nl80211)
+    with pytest.raises(hotspot.NetworkError, match="nmcli -g 802-11-wireless.ssid connection show"):
+        net.join("Home", "pw", "GB")
+
+
+def test_regulatory_hint_messages():
+    """The nl80211 request is what ``iw reg set GB`` sends; replies and errors are read back."""
+    request = hotspot.genl_request(0x1c, hotspot._NL80211_CMD_REQ_SET_REG,
+                                   hotspot.nl_attr(hotspot._NL80211_ATTR_REG_ALPHA2, b"GB\0"), seq=7)
+    # NL80211_CMD_REQ_SET_REG = 27, NL80211_ATTR_REG_ALPHA2 = 33 (26 is SET_REG: EINVAL without rules)
+    assert request == (bytes.fromhex("1c000000" "1c00" "0500" "07000000" "00000000")
+                       + bytes([27, 1, 0, 0]) + bytes.fromhex("0700" "2100") + b"GB\0" + b"\0")
+    family = hotspot.genl_request(0x10, 3, hotspot.nl_attr(1, b"\x1c\x00"), seq=1)[16:]  # as a reply body
+    ack = bytes.fromhex("24000000" "0200" "0000" "01000000" "00000000") + bytes(20)
+    payloads, acked = hotspot.genl_replies(
+        bytes.fromhex("1c000000" "1000" "0000" "01000000" "00000000") + family + ack, seq=1)
+    assert acked and hotspot.nl_attrs(payloads[0]) == {1: b"\x1c\x00"}
+    refused = bytes.fromhex("24000000" "0200" "0000" "02000000" "00000000") + (-1 & 0xFFFFFFFF).to_bytes(4, "little") + bytes(16)
+    with pytest.raises(hotspot.NetworkError, match="Operation not permitted"):
+        hotspot.genl_replies(refused, seq=2)
+    assert hotspot.genl_replies(ack, seq=9) == ([], False)  # another request's answer
