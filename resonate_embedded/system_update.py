@@ -4,8 +4,8 @@ The steps (``resonate-embedded update …``; the slots and the firmware's tryboo
 :mod:`resonate_embedded.boot_slots`):
 
 * ``install BUNDLE``: the bundle is checked before anything is written (:func:`verify_bundle`:
-  RAUC's signature check, the dm-verity payload against the signed root hash, the
-  ``compatible=`` against this system's), then ``rauc install`` writes the other slot and arms
+  RAUC's signature check, the ``compatible=`` against this system's, the dm-verity payload
+  against the signed root hash), then ``rauc install`` writes the other slot and arms
   its trial (the backend's ``set-primary``), then ``systemctl reboot "0 tryboot"``.
 * ``boot-check`` (early, every boot): booted from a trial → a deadline is armed (a transient
   ``resonate-update-deadline`` timer that reboots normally, which falls back to config.txt's
@@ -285,9 +285,9 @@ def system_compatible(system_conf: Path) -> str:
 def verify_bundle(bundle: Path, keyring: Path, system_conf: Path,
                   run: Runner = run_command) -> BundleInfo:
     """Check ``bundle`` before anything is written: RAUC verifies the signature against
-    ``keyring`` (``rauc info``), then the payload is checked against the signed dm-verity
-    root hash (``rauc info`` does not read the payload: dm-verity would only fail while
-    installing), then ``compatible=`` against ``system_conf``.  Raises :class:`UpdateError`
+    ``keyring`` (``rauc info``), then ``compatible=`` against ``system_conf``, then the payload
+    is checked against the signed dm-verity root hash (``rauc info`` does not read the
+    payload: dm-verity would only fail while installing).  Raises :class:`UpdateError`
     with one line (:data:`EXIT_REFUSED` for a bad bundle)."""
     if not bundle.is_file():
         raise UpdateError(f"{bundle}: no such file", EXIT_REFUSED)
@@ -295,11 +295,11 @@ def verify_bundle(bundle: Path, keyring: Path, system_conf: Path,
     if done.returncode != 0:
         raise UpdateError(explain_rauc_error(done.stderr, bundle, keyring), EXIT_REFUSED)
     info = parse_rauc_info(done.stdout)
-    check_verity_payload(bundle, info)
-    expected = system_compatible(system_conf)
+    expected = system_compatible(system_conf)  # before the payload: reading it takes a while
     if info.compatible != expected:
         raise UpdateError(f"refused: the bundle is for {info.compatible!r}, this system is "
                           f"{expected!r}", EXIT_REFUSED)
+    check_verity_payload(bundle, info)
     return info
 
 
