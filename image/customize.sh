@@ -75,6 +75,8 @@ if [ "$KMODS" = 1 ]; then
 else
     log "WARNING: --no-kmods: the image has no DAC codec driver (no ResonateDAC card)"
 fi
+# the HAT overlays need labelled board DTBs (Debian's arm64 ones have none)
+bash "$REPO/board/dtb/add-symbols.sh" "$TREE"
 
 # ---- board data ---------------------------------------------------------------------------
 mkdir -p "$TREE/usr/share/resonate-embedded/hats" "$TREE/usr/share/doc/resonate-embedded"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Boot the armel image under `qemu-system-arm -M raspi0` into a self-test, following reboots.
+# Boot the image under QEMU into a self-test, following reboots: the armel image as a Pi Zero W
+# (`qemu-system-arm -M raspi0`), the arm64 one as a Zero 2 W (`qemu-system-aarch64 -M raspi3b`,
+# the same BCM2837 with 1 GiB, booting the Zero 2 W device tree).
 #   qemu-boot-test.sh IMAGE [LOG]
 # Works on a copy (the image itself is not changed). The copy gets a speaker.txt on its FAT
 # partition (mtools, no mount), so first boot is exercised too, and the self-test scripts and
@@ -58,6 +60,16 @@ TXT
 fi
 mcopy -o -i "$TEST_IMG@@$boot_off" "$WORKD/speaker.txt" ::/speaker.txt
 expect_name=$(sed -n 's/^name=//p' "$WORKD/speaker.txt" | head -1)
+if mtype -i "$TEST_IMG@@$boot_off" ::/config.txt | grep -q '^arm_64bit=1'; then
+    BOARD=pi02; QEMU=(qemu-system-aarch64 -M raspi3b)
+else
+    # -icount: the guest's clock counts its own instructions. Without it QEMU's BCM2835 system
+    # timer compares against host time, and a guest that programs a compare 15 us ahead, then
+    # is descheduled by a busy host for longer, waits for the 32-bit counter to wrap: no tick
+    # for 71.6 min (seen as an emulator "freeze" with no guest CPU time, on loaded hosts).
+    # (The Zero 2 W's Cortex-A53 ticks on the ARM generic timer, which cannot miss a compare.)
+    BOARD=pi0w; QEMU=(qemu-system-arm -M raspi0 -icount shift=auto)
+fi
 
 debugfs_put() {  # debugfs_put OFFSET LOCAL DEST MODE: write one file into an ext4 partition
     local off="$1" src="$2" dest="$3" mode="$4" dir
@@ -98,7 +110,7 @@ tryboot=0
 result=1
 for ((boot = 1; boot <= MAX_BOOTS; boot++)); do
     rm -f "$WORKD"/kernel "$WORKD"/initrd "$WORKD"/dtb "$WORKD"/cmdline
-    fw=$(python3 "$HERE/qemu-firmware.py" "$TEST_IMG" "$boot_off" "$WORKD" $( [ $tryboot = 1 ] && echo --tryboot ))
+    fw=$(python3 "$HERE/qemu-firmware.py" "$TEST_IMG" "$boot_off" "$WORKD" --board $BOARD $( [ $tryboot = 1 ] && echo --tryboot ))
     eval "$fw"
     dtb="$WORKD/qemu.dtb"
     cp "$DTB" "$dtb"
@@ -111,11 +123,11 @@ for ((boot = 1; boot <= MAX_BOOTS; boot++)); do
     APPEND="console=ttyAMA0,115200 $cmdline systemd.watchdog_device=/dev/resonate-no-watchdog-in-qemu \
 systemd.setenv=SELFTEST_EXPECT_NAME=$expect_name systemd.wants=$UNIT ${QEMU_APPEND:-}"
     slot=$(grep -o 'rauc\.slot=[A-Z]' <<<"$cmdline" || echo "no rauc.slot")
-    echo "boot $boot: $CONFIG -> ${PREFIX:-/} ($slot), unit $UNIT, timeout ${TIMEOUT}s"
+    echo "boot $boot: $BOARD $CONFIG -> ${PREFIX:-/} ($slot), unit $UNIT, timeout ${TIMEOUT}s"
     echo "=== boot $boot: $CONFIG -> ${PREFIX:-/} ($slot) ===" >> "$LOG"
     start=$(date +%s.%N)
     set +e
-    timeout --kill-after=10 "$TIMEOUT" qemu-system-arm -M raspi0 -nographic -no-reboot \
+    timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" -nographic -no-reboot \
         -kernel "$KERNEL" ${INITRD:+-initrd "$INITRD"} -dtb "$dtb" -append "$APPEND" \
         -drive "file=$TEST_IMG,if=sd,format=raw" -serial stdio -monitor none </dev/null > "$WORKD/boot.log" 2>&1
     rc=$?

@@ -8,7 +8,7 @@ SUDO=""
 
 PKGS="mmdebstrap arch-test qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs
       e2tools fdisk device-tree-compiler qemu-system-arm debian-archive-keyring python3-pip
-      python3-venv ca-certificates zstd zip unzip rauc squashfs-tools openssl"
+      python3-venv ca-certificates zstd zip unzip rauc squashfs-tools openssl cpp"
 need=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
 if [ -n "$need" ]; then

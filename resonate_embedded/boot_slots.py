@@ -35,7 +35,7 @@ from ``rauc.slot=`` on the kernel command line.
 
 Guarantees: every other byte of ``config.txt`` is kept; every write is a temp file, fsync,
 rename, fsync of the directory, with the FAT partition remounted read-write only for the
-write (when the directory is a mount point); ``config.txt`` is written last, after
+write (when it is a read-only mount point); ``config.txt`` is written last, after
 ``tryboot.txt``, so a power cut at any instant leaves a bootable, consistent pair.  Anything
 malformed (no ``os_prefix`` line, two, an unknown prefix or bootname, a booted slot that
 cannot be found) is one line on stderr and exit status 1; a usage error exits 2.
@@ -44,16 +44,17 @@ cannot be found) is one line on stderr and exit status 1; a usage error exits 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import attrs
 
 from resonate_embedded.atomic_file import replace_file
+from resonate_embedded.system_commands import (
+    CommandError, Runner, is_read_only_mount, read_write, run_command,
+)
 
 DEFAULT_BOOT_DIR = Path("/boot/firmware")
 DEFAULT_CMDLINE = Path("/proc/cmdline")
@@ -65,8 +66,6 @@ SLOT_OF_PREFIX = {prefix: slot for slot, prefix in PREFIXES.items()}
 
 _OS_PREFIX = re.compile(rb"^[ \t]*os_prefix[ \t]*=[ \t]*([^\s#]*)[ \t]*\r?$", re.MULTILINE)
 _RAUC_SLOT = re.compile(r"(?:^|\s)rauc\.slot=(\S*)")
-
-Run = Callable[[Sequence[str]], None]
 
 
 class BootSlotError(Exception):
@@ -122,14 +121,6 @@ def booted_from_cmdline(text: str, path: Path | str = DEFAULT_CMDLINE) -> str | 
     return found[0]
 
 
-def _run_checked(argv: Sequence[str]) -> None:
-    """Run ``argv``; raises :class:`BootSlotError` with its error output when it fails."""
-    done = subprocess.run(list(argv), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BootSlotError(f"{' '.join(argv)} failed ({done.returncode}): "
-                            f"{done.stderr.strip() or done.stdout.strip()}")
-
-
 @attrs.frozen
 class SlotView:
     """What the boot files say, read once."""
@@ -154,8 +145,8 @@ class BootSlots:
 
     boot_dir: Path = DEFAULT_BOOT_DIR
     cmdline: Path = DEFAULT_CMDLINE
-    run: Run = _run_checked  # for the remount commands
-    is_mount: Callable[[Path], bool] = os.path.ismount
+    run: Runner = run_command  # for the remount commands
+    is_read_only: Callable[[Path], bool] = is_read_only_mount
 
     # ---------------------------------------------------------------- reading
 
@@ -222,15 +213,12 @@ class BootSlots:
         changed = [(name, data) for name, data in files if not self._unchanged(name, data)]
         if not changed:
             return
-        mounted = self.is_mount(self.boot_dir)
-        if mounted:
-            self.run(["mount", "-o", "remount,rw", str(self.boot_dir)])
         try:
-            for name, data in changed:
-                replace_file(self.boot_dir / name, data)
-        finally:
-            if mounted:
-                self.run(["mount", "-o", "remount,ro", str(self.boot_dir)])
+            with read_write(self.boot_dir, self.run, self.is_read_only):
+                for name, data in changed:
+                    replace_file(self.boot_dir / name, data)
+        except CommandError as exc:
+            raise BootSlotError(str(exc)) from None
 
     def _state_file(self, bad: frozenset[str]) -> tuple[str, bytes]:
         lines = "".join(f"{slot}={'bad' if slot in bad else 'good'}\n" for slot in PREFIXES)

@@ -45,9 +45,9 @@ import sys
 import time
 import tomllib
 import uuid
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import attrs
 
@@ -56,6 +56,7 @@ from resonate_embedded.amplifier import settings_from_profile
 from resonate_embedded.atomic_file import replace_file
 from resonate_embedded.config import Config, ConfigError, build_config
 from resonate_embedded.setup.hotspot import NmcliNetwork
+from resonate_embedded.system_commands import read_write
 
 log = logging.getLogger("resonate-firstboot")
 
@@ -361,19 +362,10 @@ def write_atomic(path: Path, text: str, mode: int | None = 0o644) -> bool:
     return True
 
 
-@contextmanager
-def writable(mount_dir: Path, enabled: bool) -> Iterator[None]:
-    """Remount a read-only mount point read-write for the duration (the FAT partition)."""
-    remounted = False
-    if enabled and os.path.ismount(mount_dir) and os.statvfs(mount_dir).f_flag & os.ST_RDONLY:
-        subprocess.run(["mount", "-o", "remount,rw", str(mount_dir)], check=True)
-        remounted = True
-    try:
-        yield
-    finally:
-        if remounted:
-            os.sync()
-            subprocess.run(["mount", "-o", "remount,ro", str(mount_dir)], check=False)
+def writable(mount_dir: Path, enabled: bool) -> ContextManager[None]:
+    """The FAT partition opened for writing for a ``with`` block when ``enabled`` (on the
+    speaker: :func:`~resonate_embedded.system_commands.read_write`); as it is otherwise."""
+    return read_write(mount_dir) if enabled else nullcontext()
 
 
 @attrs.define

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from resonate_embedded.atomic_file import replace_file
 from resonate_embedded.boot_slots import (
     BootSlotError, BootSlots, SlotView, other_slot,
 )
+from resonate_embedded.system_commands import Runner, run_command
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +62,6 @@ EXIT_REBOOT_FAILED = 5  # installed and armed, but the reboot did not start
 
 RESULTS = ("installing", "installed", "trial", "good", "rolled-back", "failed")
 PENDING = ("installed", "trial")  # written to the target slot, not yet confirmed
-
-
-@attrs.frozen
-class CommandResult:
-    returncode: int
-    stdout: str = ""
-    stderr: str = ""
-
-
-Runner = Callable[[Sequence[str]], CommandResult]
-
-
-def run_command(argv: Sequence[str]) -> CommandResult:
-    """The real :data:`Runner`: runs ``argv``, captures its output (a missing program is
-    exit status 127, as in a shell)."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True)
-    except OSError as exc:
-        return CommandResult(127, "", f"{argv[0]}: {exc.strerror or exc}")
-    return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
 def utc_now() -> str:
@@ -328,9 +308,7 @@ class Updater:
     def _check(self, argv: Sequence[str], what: str, exit_code: int) -> None:
         done = self.run(argv)
         if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip().splitlines()
-            raise UpdateError(f"{what}: {' '.join(argv)} failed ({done.returncode})"
-                              + (f": {detail[-1]}" if detail else ""), exit_code)
+            raise UpdateError(f"{what}: {done.failure(argv)}", exit_code)
 
     def _save(self, record: UpdateRecord) -> None:
         save_record(record, self.state_file)

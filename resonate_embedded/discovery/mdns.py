@@ -251,8 +251,10 @@ async def _registered(ad: Advertisement, addresses: Sequence[str],
     registered: list[ServiceInfo] = []
     try:
         for info in infos:
+            # probing takes seconds: a stop meanwhile abandons it (zeroconf's close withdraws it)
             await trio.to_thread.run_sync(
-                functools.partial(zc.register_service, info, allow_name_change=True))
+                functools.partial(zc.register_service, info, allow_name_change=True),
+                abandon_on_cancel=True)
             registered.append(info)
         log.info("advertising %s on %s port %d", [i.name for i in infos],
                  ", ".join(addresses) or "no address yet", ad.port)

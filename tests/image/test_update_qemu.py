@@ -88,7 +88,7 @@ def test_update_install_trial_commit_and_rollback(image, tmp_path):
                           capture_output=True, text=True, timeout=4 * 1500 + 600, env=env)
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    boots = re.findall(r"^boot (\d): (\S+) -> (\S+) \((rauc\.slot=\w)\)", done.stdout, re.M)
+    boots = re.findall(r"^boot (\d): pi0w (\S+) -> (\S+) \((rauc\.slot=\w)\)", done.stdout, re.M)
     assert [b[1:] for b in boots] == [("config.txt", "slot-a/", "rauc.slot=A"),
                                       ("tryboot.txt", "slot-b/", "rauc.slot=B"),
                                       ("tryboot.txt", "slot-a/", "rauc.slot=A"),

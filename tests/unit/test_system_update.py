@@ -17,9 +17,10 @@ from resonate_embedded import cli
 from resonate_embedded.boot_slots import CONFIG, TRYBOOT, BootSlots, other_slot
 from resonate_embedded.status import read_image_release, system_info, system_screen
 from resonate_embedded.system_update import (
-    DEADLINE_UNIT, EXIT_INSTALL_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, CommandResult,
+    DEADLINE_UNIT, EXIT_INSTALL_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE,
     Updater, explain_rauc_error, load_record, verity_tree,
 )
+from resonate_embedded.system_commands import CommandResult
 
 COMPATIBLE = "resonate-embedded-armel"
 OK = CommandResult(0)
