@@ -23,6 +23,7 @@ from resonate_embedded.clock.local import local_now_us
 # closes the connection with 1009 (MESSAGE_TOO_BIG) as soon as a message grows past it.
 MAX_MESSAGE_BYTES = 4 << 20
 MESSAGE_QUEUE_SIZE = 64  # received messages waiting for the session (then TCP back-pressure)
+CLOSE_TIMEOUT_S = 2.0  # how long a close waits for the peer's answering close frame
 
 
 @attrs.frozen
@@ -46,7 +47,10 @@ class Connection:
         return Received(data, local_now_us())
 
     async def close(self) -> None:
-        await self._ws.aclose()
+        """Close the WebSocket; returns within :data:`CLOSE_TIMEOUT_S` even when the peer
+        never answers the close frame (trio-websocket alone would wait for it forever)."""
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._ws.aclose()
 
 
 @asynccontextmanager
@@ -54,7 +58,7 @@ async def connect(url: str, timeout_s: float = 10.0) -> AsyncIterator[Connection
     """Open a WebSocket to ``url``; raises OSError/HandshakeError/ConnectionTimeout on failure."""
     async with open_websocket_url(url, max_message_size=MAX_MESSAGE_BYTES,
                                   message_queue_size=MESSAGE_QUEUE_SIZE,
-                                  connect_timeout=timeout_s, disconnect_timeout=2.0,
+                                  connect_timeout=timeout_s, disconnect_timeout=CLOSE_TIMEOUT_S,
                                   receive_buffer_size=65536) as ws:
         yield Connection(ws)
 

@@ -28,7 +28,9 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from resonate_embedded.protocol.connection import MAX_MESSAGE_BYTES, Connection, Received
+from resonate_embedded.protocol.connection import (
+    CLOSE_TIMEOUT_S, MAX_MESSAGE_BYTES, Connection, Received,
+)
 from resonate_embedded.protocol.resonate_dialect import RESONATE_PATH, SENDSPIN_PATH, Dialect
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ async def open_listener(port: int = DEFAULT_CLIENT_PORT, host: str = "0.0.0.0", 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(lambda task_status: serve_websocket(
             handle, host, port, None, max_message_size=MAX_MESSAGE_BYTES,
-            message_queue_size=64, task_status=task_status))
+            message_queue_size=64, disconnect_timeout=CLOSE_TIMEOUT_S, task_status=task_status))
         async with send, receive:
             yield Listener(server.port, receive)
         nursery.cancel_scope.cancel()

@@ -461,13 +461,16 @@ async def _pcm24_join_and_finish() -> None:
         check_against_log(srv, fb)
         if no_late_drops(srv):
             # Player a got the whole finite signal; b joined late but got the tail
-            # (the harness pads with continuing signal to flush the FLAC encoder).
+            # (the harness pads with continuing signal to flush the FLAC encoder). Where b's
+            # run starts depends on how far ahead the server was when b joined: on a loaded
+            # machine every chunk sent so far may still be ahead of its play time, and then
+            # b gets them all from frame 0.
             ka = np.concatenate([f.frames for f in fa])
             assert np.array_equal(ka, np.arange(len(ka)))
             assert ka[-1] >= 5 * 48000 - 1
             kb = np.concatenate([f.frames for f in fb])
             assert np.all(np.diff(kb) == 1)
-            assert kb[0] > 0 and kb[-1] >= 5 * 48000 - 1
+            assert kb[-1] >= 5 * 48000 - 1
 
 
 async def _errors_goodbye_and_shutdown() -> None:
