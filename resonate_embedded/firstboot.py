@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
 import tomllib
@@ -56,7 +55,7 @@ from resonate_embedded.amplifier import settings_from_profile
 from resonate_embedded.atomic_file import replace_file
 from resonate_embedded.config import Config, ConfigError, build_config
 from resonate_embedded.setup.hotspot import NmcliNetwork
-from resonate_embedded.system_commands import read_write
+from resonate_embedded.system_commands import read_write, run_command
 
 log = logging.getLogger("resonate-firstboot")
 
@@ -556,7 +555,10 @@ def main(argv: list[str] | None = None) -> int:
             set_hostname(hostname.read_text().strip())
         if result.reboot and os.environ.get("RESONATE_FIRSTBOOT_NO_REBOOT") != "1":
             log.warning("the DAC HAT or cmdline.txt changed: rebooting once so they take effect")
-            subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+            argv = ["systemctl", "--no-block", "reboot"]
+            done = run_command(argv)
+            if done.returncode != 0:
+                log.error("%s: the new settings take effect at the next start", done.failure(argv))
     return 0
 
 

@@ -1,4 +1,6 @@
-"""The speaker's system commands (mount, rauc, systemctl), run one way everywhere.
+"""The speaker's system commands (mount, rauc, systemctl) for the update, boot-slot and
+first-boot code, run one way. (The setup hotspot's ``nmcli`` calls keep their own runner in
+:mod:`resonate_embedded.setup.hotspot`: they need a timeout and parse the output.)
 
 * :func:`run_command` runs a command and captures its output; it never raises (a missing
   program is exit status 127, as in a shell). Callers take a :data:`Runner`, so tests inject a

@@ -40,11 +40,16 @@ def image() -> Path:
     return OUT / "resonate-armel.img"
 
 
-@pytest.fixture(scope="session")
-def parts(image: Path) -> list[dict]:
+def partitions(image: Path) -> list[dict]:
+    """The image's partitions (sfdisk's fields) with their byte ``offset`` and size ``bytes``."""
     table = json.loads(sh("sfdisk", "-J", str(image)))["partitiontable"]
     sector = table.get("sectorsize", 512)
     return [{**p, "offset": p["start"] * sector, "bytes": p["size"] * sector} for p in table["partitions"]]
+
+
+@pytest.fixture(scope="session")
+def parts(image: Path) -> list[dict]:
+    return partitions(image)
 
 
 class Fat:
@@ -108,8 +113,7 @@ def arm64_image() -> Path:
 
 @pytest.fixture(scope="session")
 def arm64_fat(arm64_image) -> Fat:
-    table = json.loads(sh("sfdisk", "-J", str(arm64_image)))["partitiontable"]
-    return Fat(arm64_image, table["partitions"][0]["start"] * table.get("sectorsize", 512))
+    return Fat(arm64_image, partitions(arm64_image)[0]["offset"])
 
 
 @pytest.fixture(scope="session")
