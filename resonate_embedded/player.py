@@ -35,9 +35,7 @@ from resonate_embedded.protocol.noise_transport import (
     HandshakeFailed, InitRejected, NotNoiseServer, client_handshake, make_resolver,
 )
 from resonate_embedded.protocol.arbitration import Admission, Candidate
-from resonate_embedded.protocol.encryption_policy import (
-    Action, ClosedAfterInit, Decision, Situation, decide, parse_address, situation_for,
-)
+from resonate_embedded.protocol import encryption_policy as policy
 from resonate_embedded.protocol.listener import IncomingConnection, open_listener
 from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
@@ -152,7 +150,7 @@ class Player:
         self._supervisor = Supervisor()
         self._load_config = load_config
         self._learned: dict[str, str] = {}  # url → the dialect that answered last time
-        self._closed_after_init = ClosedAfterInit()  # listening: hosts that get plaintext next
+        self._closed_after_init = policy.ClosedAfterInit()  # listening: plaintext next time
 
     def hello(self, legacy_roles: bool = False) -> ClientHello:
         """Our client/hello; ``legacy_roles``: only the roles pre-encryption servers know
@@ -413,15 +411,16 @@ class Player:
         # Resonate servers (aioresonate) cannot encrypt: a /resonate URL, or one that
         # answered in Resonate last time.
         resonate = (dialect_for(url) or self._learned.get(url)) == "resonate"
-        situation = situation_for(self.config, self.pairings, "dial",
-                                  "resonate" if resonate else "sendspin", parse_address(url), url)
+        situation = policy.situation_for(self.config, self.pairings, "dial",
+                                         "resonate" if resonate else "sendspin",
+                                         policy.parse_address(url), url)
         try:
-            decision = decide(situation)
-            if decision.action is Action.ENCRYPT:
+            decision = policy.decide(situation)
+            if decision.action is policy.Action.ENCRYPT:
                 decision = await self._dial_encrypted(url, situation, decision)
-            if decision.action is Action.REFUSE:
+            if decision.action is policy.Action.REFUSE:
                 raise SessionRefused(decision.reason)
-            if decision.action is Action.PLAINTEXT:
+            if decision.action is policy.Action.PLAINTEXT:
                 log.info("%s: %s", url, decision.reason)
                 await self._plaintext_session(url, legacy_roles=not resonate and
                                               situation.mode != "off")
@@ -436,7 +435,8 @@ class Player:
         finally:
             self.session = None
 
-    async def _dial_encrypted(self, url: str, situation: Situation, plan: Decision) -> Decision:
+    async def _dial_encrypted(self, url: str, situation: policy.Situation,
+                              plan: policy.Decision) -> policy.Decision:
         """The encrypted session at ``url``; or, with a server that does not speak Noise,
         what the policy says to do instead (the session ran: ``Action.ENCRYPT``)."""
         async with connect(url) as raw:
@@ -444,7 +444,7 @@ class Player:
                 conn = await client_handshake(raw, self.identity, self._resolver,
                                               first_reply_timeout_s=plan.first_reply_timeout_s)
             except NotNoiseServer as exc:
-                return decide(situation.after_init(exc.silent, str(exc)))
+                return policy.decide(situation.after_init(exc.silent, str(exc)))
             if conn.psk_category == "lt":
                 self.pairings.mark_used(conn.server_id, url)
             await self._run_session(conn, url)
@@ -532,23 +532,24 @@ class Player:
     async def _secure_incoming(self, conn: IncomingConnection):
         """The channel to speak on: Noise (``client/init`` first) or the plaintext socket, as
         the encryption policy decides; None when refused (or plaintext only next time)."""
-        situation = situation_for(self.config, self.pairings, "listen", conn.dialect,
-                                  (conn.host, None), observed=self._closed_after_init.take(conn.host))
-        decision = decide(situation)
-        if decision.action is Action.ENCRYPT:
+        situation = policy.situation_for(self.config, self.pairings, "listen", conn.dialect,
+                                         (conn.host, None),
+                                         observed=self._closed_after_init.take(conn.host))
+        decision = policy.decide(situation)
+        if decision.action is policy.Action.ENCRYPT:
             try:
                 return await client_handshake(
                     conn, self.identity, self._resolver, keep_open_if_silent=decision.fallback,
                     first_reply_timeout_s=decision.first_reply_timeout_s)
             except NotNoiseServer as exc:
-                decision = decide(situation.after_init(exc.silent, str(exc)))
+                decision = policy.decide(situation.after_init(exc.silent, str(exc)))
             except HandshakeFailed as exc:
                 log.warning("%s: encrypted handshake failed: %s", conn.remote, exc)
                 return None
-        if decision.action is Action.PLAINTEXT:
+        if decision.action is policy.Action.PLAINTEXT:
             log.info("%s: %s", conn.remote, decision.reason)
             return conn
-        if decision.action is Action.PLAINTEXT_NEXT_TIME:
+        if decision.action is policy.Action.PLAINTEXT_NEXT_TIME:
             self._closed_after_init.remember(conn.host)
         log.warning("%s: %s", conn.remote, decision.reason)
         return None

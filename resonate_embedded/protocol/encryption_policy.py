@@ -121,7 +121,8 @@ def decide(s: Situation) -> Decision:
     barred = plaintext_barred(s)
     if s.dialect == "resonate":
         if barred:
-            return Decision(Action.REFUSE, f"a Resonate server cannot encrypt; no plaintext: {barred}")
+            return Decision(Action.REFUSE,
+                            f"a Resonate server cannot encrypt; no plaintext: {barred}")
         return Decision(Action.PLAINTEXT, "a Resonate server cannot encrypt")
     if s.observed is Observed.NOTHING_YET:
         return Decision(Action.ENCRYPT, barred or "plaintext allowed if it cannot encrypt",

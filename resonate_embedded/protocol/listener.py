@@ -106,7 +106,7 @@ async def open_listener(port: int = DEFAULT_CLIENT_PORT, host: str = "0.0.0.0", 
             await request.reject(404)
             return
         ws = await request.accept()
-        conn = IncomingConnection(ws, path, str(request.remote), request.remote.address)
+        conn = IncomingConnection(ws, path, str(request.remote), str(request.remote.address))
         try:
             send.send_nowait(conn)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -65,7 +65,11 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=lambda r: "-".join(str(getattr(x, "name", x)) for x in r[:7]))
+def _row_id(row) -> str:
+    return "-".join(str(getattr(x, "name", x)) for x in row[:7])
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_row_id)
 def test_every_row_of_the_rule(row):
     *inputs, action, fallback, words = row
     decision = decide(Situation(*inputs))
