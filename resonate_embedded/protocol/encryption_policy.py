@@ -18,7 +18,7 @@ the session (``protocol/session.py``).
 Where the server's answer decides: dialling, a server that does not speak Noise is
 redialled in plaintext at once; being dialled, one that stays silent gets the plaintext
 hello on the same socket, and one that closed the socket after ``client/init``
-(aiosendspin 3.x-6.x cannot parse it) is answered in plaintext on its next connection
+(aiosendspin 5.x/6.x cannot parse it) is answered in plaintext on its next connection
 from the same host (:class:`ClosedAfterInit`, consumed by that connection, so each new
 connection tries Noise first again).
 """

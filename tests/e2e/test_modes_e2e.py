@@ -274,7 +274,7 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
 @pytest.mark.skipif(S1_PYTHON is None, reason=LEGACY)
 def test_a_dialling_server_that_closes_after_client_init_gets_plaintext_next_time(tmp_path):
     """Server-initiated, a server that closes the socket when ``client/init`` arrives
-    (aiosendspin 3.x-6.x cannot parse it): the real aiosendspin 2.x dials the player through
+    (aiosendspin 5.x/6.x cannot parse it): the real aiosendspin 2.x dials the player through
     a proxy that closes both sides at ``client/init`` as those releases do; the server redials
     and that connection is answered in plaintext: bit-exact and on time."""
     port = free_port()
