@@ -49,7 +49,7 @@ class Observed(enum.Enum):
     """What the server did with ``client/init``, as far as this decision knows."""
 
     NOTHING_YET = "no client/init sent yet"
-    SILENT = "left client/init unanswered (the socket is still open)"
+    SILENT = "left client/init unanswered"
     CLOSED = "closed the socket after client/init, or answered something else"
     CLOSED_LAST_TIME = "closed the connection after client/init last time"
 
