@@ -77,3 +77,25 @@ def test_unusual_but_valid_names_are_written_and_loaded() -> None:
         accepted = _settings(name=name)
         data = tomllib.loads(firstboot.render_player_toml(accepted))["player"]
         assert build_config({**data, "state_dir": Path(data["state_dir"])}, {}).name == name
+
+
+def _nm_ssid_bytes(keyfile: str) -> bytes:
+    """The SSID as NetworkManager's keyfile plugin reads the ``ssid=`` line: a list of
+    byte values ``72;105;`` or else the text itself."""
+    [line] = [line for line in keyfile.splitlines() if line.startswith("ssid=")]
+    value = line[len("ssid="):]
+    if value.endswith(";") and all(p.isdigit() for p in value[:-1].split(";")):
+        return bytes(int(p) for p in value[:-1].split(";"))
+    return value.encode()
+
+
+@settings(max_examples=300)
+@given(ssid=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=32))
+def test_an_accepted_ssid_reaches_the_wifi_keyfile_byte_for_byte(ssid: str) -> None:
+    try:
+        accepted = _settings(wifi_ssid=ssid, wifi_psk="correct horse", wifi_country="GB")
+    except firstboot.FirstbootError as exc:
+        assert len(ssid.encode()) > 32 and any("longer than 32 bytes" in p for p in exc.problems)
+        return
+    keyfile = firstboot.render_nm_keyfile(accepted.wifi, accepted.hostname)
+    assert _nm_ssid_bytes(keyfile) == ssid.encode()
