@@ -12,6 +12,8 @@ import pytest
 
 from resonate_embedded.bench.harness import MISSING_DEPENDENCY, MISSING_VENV
 
+pytest_plugins = ["pytester"]
+
 REQUIRE_ALL = "RESONATE_REQUIRE_ALL"
 
 
