@@ -63,9 +63,12 @@ tar -xJf "${orig[0]}" -C "$work/src"
 srcdir=("$work"/src/Python-*/)
 echo "building $(basename "${srcdir[0]}") into $prefix" >&2
 cd "${srcdir[0]}"
-./configure -q --prefix="$prefix" --disable-test-modules >&2
-make -s -j"$(nproc)" >&2
-make -s install >&2
+if ! { ./configure --prefix="$prefix" --disable-test-modules && make -j"$(nproc)" && make install; } \
+        >"$work/build.log" 2>&1; then
+    tail -n 40 "$work/build.log" >&2
+    echo "error: building CPython failed (the last lines of its log are above)" >&2
+    exit 1
+fi
 if ! python_ok; then
     echo "error: $prefix/bin/python3 was built but lacks a standard module (see above)" >&2
     exit 1
