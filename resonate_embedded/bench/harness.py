@@ -381,7 +381,7 @@ async def start_test_server(
         args.append("--wire-events")
     args += list(extra_args or [])
     proc_env = dict(os.environ)
-    proc_env.pop("PYTHONPATH", None)  # keep the 3.11 project path out of the 3.12 server
+    proc_env.pop("PYTHONPATH", None)  # keep the 3.11 project path out of the server's Python
     proc_env.pop("PYTHONHOME", None)
     proc_env["PYTHONUNBUFFERED"] = "1"
     if env:
