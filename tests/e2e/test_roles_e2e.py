@@ -27,14 +27,14 @@ import pytest
 import trio
 
 from resonate_embedded.bench import harness
-from resonate_embedded.bench.harness import find_server_python
+from resonate_embedded.bench.harness import find_server_python, requires_venv
 from resonate_embedded.bench.scenario import stop_process
 from resonate_embedded.control_socket import StatusUnavailable, fetch_status, socket_path
 
 pytestmark = pytest.mark.e2e
 
 SERVER_PYTHON = find_server_python()
-needs_server = pytest.mark.skipif(SERVER_PYTHON is None, reason="no aiosendspin 10 server venv")
+needs_server = requires_venv(SERVER_PYTHON, ".venv-server")
 
 VOLUME_STEP = 7  # not the default 5: the group volume must move by the configured step
 START_VOLUME = 50
