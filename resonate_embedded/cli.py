@@ -200,7 +200,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
     if args.action == "boot-check":
         return _updater(args).boot_check(args.deadline)
     if args.action == "confirm":
-        return _updater(args).confirm()
+        return _updater(args).confirm(args.healthy_seconds, args.ready_timeout)
     info = system_info(args.boot_dir, args.cmdline, args.release, args.state_file)
     print(json.dumps(attrs.asdict(info), indent=2, sort_keys=True) if args.json
           else system_screen(info))
@@ -213,6 +213,7 @@ def _update_parser(sub) -> None:
     from resonate_embedded.system_update import (
         DEADLINE_S, DEADLINE_UNIT, KEYRING, STATE_FILE, SYSTEM_CONF,
     )
+    from resonate_embedded.update_health import HEALTHY_S, READY_TIMEOUT_S
 
     update = sub.add_parser(
         "update", help="A/B system update with RAUC: install a bundle, boot-check, confirm, status",
@@ -243,7 +244,15 @@ def _update_parser(sub) -> None:
     check.add_argument("--deadline", type=int, default=DEADLINE_S, metavar="SECONDS",
                        help=f"a trial not confirmed this long after boot-check reboots into the "
                             f"previous slot ({DEADLINE_UNIT}.timer; default {DEADLINE_S})")
-    actions.add_parser("confirm", parents=[common], help="(after the player is READY, as root) keep the trial slot")
+    confirm = actions.add_parser(
+        "confirm", parents=[common],
+        help="(as root) keep the trial slot once the player reported READY and stayed healthy")
+    confirm.add_argument("--healthy-seconds", type=float, default=HEALTHY_S, metavar="SECONDS",
+                         help="how long after READY the player must keep running, never "
+                              f"restarted and with its watchdog fed (default {HEALTHY_S:g})")
+    confirm.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                         metavar="SECONDS", help="how long to wait for the player's READY "
+                                                 f"(default {READY_TIMEOUT_S:g})")
     status = actions.add_parser("status", parents=[common], help="versions, slots and the last update")
     status.add_argument("--json", action="store_true", help="as JSON")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,15 @@ def _in_range(lo: int, hi: int):
 def _non_empty(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{attribute.name}: must be a non-empty string")
+
+
+def _no_control_characters(setting: str, value: str) -> None:
+    """A name a person types and a server shows: no control characters (C0, DEL, C1) and
+    no lone surrogates, which no display, log line or configuration file carries intact."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise ConfigError(f"{setting}={value!r}: must not contain control characters "
+                          f"(found U+{ord(bad):04X})")
 
 
 # --------------------------------------------------------------------------- controls and light
@@ -250,6 +260,7 @@ class Config:
         if not isinstance(self.stats, bool):
             raise ConfigError(f"stats={self.stats!r}: must be true or false")
         _non_empty(self, attrs.fields(Config).name, self.name)
+        _no_control_characters("name", self.name)
         _non_empty(self, attrs.fields(Config).device, self.device)
         if self.server is not None and not _is_ws_url(self.server):
             raise ConfigError(f"server={self.server!r}: must be a ws:// or wss:// URL")

@@ -1,7 +1,8 @@
 """``resonate-embedded status`` and ``control``: a local Unix socket answering one JSON request.
 
 Server side (:func:`serve_status`, a trio task in the player): listens on a Unix socket
-(default ``<state_dir>/control.sock``, see :func:`socket_path`), mode 0600 (owner only: only
+(default ``<state_dir>/control.sock``, see :func:`socket_path`; a state directory of any
+length: :mod:`resonate_embedded.unix_address`), mode 0600 (owner only: only
 the player's user, and root, can ask or act), and for each connection reads at most one
 request line, writes one JSON object followed by a newline, then closes.  There is no
 network listener.  A stale socket file from a previous run is replaced; the socket file is
@@ -45,6 +46,7 @@ import trio
 from resonate_embedded.roles.controller import (
     ACTIONS, Action, ControllerError, commands_for, parse_controller,
 )
+from resonate_embedded.unix_address import unix_address
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,8 @@ def _bind_owner_only(path: Path) -> trio.socket.SocketType:
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(os.fspath(path))
+            with unix_address(path) as address:
+                probe.connect(address)
         except OSError:
             path.unlink()  # stale, from a previous run
         else:
@@ -152,7 +155,8 @@ def _bind_owner_only(path: Path) -> trio.socket.SocketType:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(os.fspath(path))  # a local path: nothing to resolve, nothing blocks
+        with unix_address(path) as address:
+            sock.bind(address)  # a local path: nothing to resolve, nothing blocks
         os.chmod(path, 0o600)
         sock.listen(8)
         sock.setblocking(False)
@@ -347,7 +351,8 @@ def request(path: Path, req: dict[str, Any], timeout_s: float = CLIENT_TIMEOUT_S
     sock.settimeout(timeout_s)
     chunks: list[bytes] = []
     try:
-        sock.connect(os.fspath(path))
+        with unix_address(path) as address:
+            sock.connect(address)
         sock.sendall((json.dumps(req, separators=(",", ":")) + "\n").encode())
         size = 0
         while True:

@@ -1,6 +1,6 @@
 """``resonate-embedded demo``: a whole speaker on one machine, no card, no server needed.
 
-Starts the real aiosendspin test server (its own Python 3.12 venv, made by
+Starts the real aiosendspin test server (its own Python ≥ 3.12 venv, made by
 ``.ci/setup``), plays its index test signal through the player onto the
 software-paced ALSA device (or ``--device``), shows the player's live status line,
 and on Ctrl-C (or after ``--seconds``) prints a summary that includes the ground

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import re
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 import attrs
+import tomli_w
 
 from resonate_embedded import imager
 from resonate_embedded.amplifier import settings_from_profile
@@ -278,19 +278,10 @@ def validate(values: Values, hats: dict[str, HatProfile], state_dir: Path | None
 
 # ---- rendering --------------------------------------------------------------------------
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(str(value), ensure_ascii=False)  # a valid TOML basic string
-
-
 def render_player_toml(settings: Settings) -> str:
-    lines = ["# Written by resonate-firstboot from speaker.txt; edit speaker.txt instead.",
-             "[player]"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.player_values.items()]
-    return "\n".join(lines) + "\n"
+    """The player's ``[player]`` table: ``tomllib`` reads back exactly ``player_values``."""
+    return ("# Written by resonate-firstboot from speaker.txt; edit speaker.txt instead.\n"
+            + tomli_w.dumps({"player": settings.player_values}))
 
 
 def wpa_psk(ssid: str, passphrase: str) -> str:

@@ -52,7 +52,7 @@ from resonate_embedded.amplifier import Amplifier, AmplifierError, open_switch
 from resonate_embedded.audio.announcement import AnnouncementAudio, AnnouncementEnd, AnnouncementStart
 from resonate_embedded.status import format_status, light_state, snapshot
 from resonate_embedded.supervisor import Supervisor
-from resonate_embedded.systemd import Notifier
+from resonate_embedded.systemd import Notifier, notify_service
 from resonate_embedded.clock.local import local_now_us
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ class Player:
             _output_config(config), config.dac_latency_us,
             self.clock, writer_commands, events_send, self.state.volume, self.state.muted,
             self.state.output_delay_ms * 1000,
-            max_queued_s=max(30, 2 * config.buffer_seconds))
+            max_queued_s=max(30, 2 * config.buffer_seconds),
+            first_shape=config.formats[0].pcm_shape())  # the format offered first
         self.amplifier = self._open_amplifier(config)
         self.writer.power = self.amplifier
         self.session: Session | None = None
@@ -151,6 +152,7 @@ class Player:
         self._load_config = load_config
         self._learned: dict[str, str] = {}  # url → the dialect that answered last time
         self._closed_after_init = policy.ClosedAfterInit()  # listening: plaintext next time
+        self.connection_ready = trio.Event()  # see wait_ready; set by the connection task
 
     def hello(self, legacy_roles: bool = False) -> ClientHello:
         """Our client/hello; ``legacy_roles``: only the roles pre-encryption servers know
@@ -176,7 +178,8 @@ class Player:
         sup.add("writer", self.writer.run)
         sup.add("connection", self._connection)
         sup.add("signals", self._on_signals)
-        sup.add("systemd", self._notify_systemd)
+        sup.add("systemd", partial(notify_service, Notifier(), self.wait_ready, self.alive,
+                                   lambda: format_status(self), STATUS_INTERVAL_S))
         sup.add("status socket", partial(serve_status, socket_path(self.config.state_dir),
                                          lambda: snapshot(self).to_dict(), self.act))
         sup.add("controls", self._controls)
@@ -317,19 +320,13 @@ class Player:
         session = self.session
         return session is None or now_us - session.last_received_local_us < SESSION_STALL_US
 
-    async def _notify_systemd(self) -> None:
-        """READY=1 at start; STATUS= the status line; WATCHDOG=1 only while :meth:`alive`."""
-        notifier = Notifier()
-        if not notifier.enabled:
-            return
-        notifier.notify(READY="1", STATUS="starting")
-        interval = notifier.watchdog_interval_s() or STATUS_INTERVAL_S
-        while True:
-            await trio.sleep(min(interval, STATUS_INTERVAL_S))
-            fields = {"STATUS": format_status(self)}
-            if self.alive():
-                fields["WATCHDOG"] = "1"
-            notifier.notify(**fields)
+    async def wait_ready(self) -> None:
+        """Return once the speaker can do its job: the writer opened the device and wrote
+        to it, and the connection is up or waiting as configured (dialling: the first
+        session's hello exchange is done or its attempt ended; listening: the port is
+        bound).  What systemd's READY=1, and so an update's commit, waits for."""
+        await self.writer.output_proven.wait()
+        await self.connection_ready.wait()
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Say goodbye to the server and end :meth:`run`."""
@@ -394,6 +391,7 @@ class Player:
                 await self._one_session()
             except Exception:  # crash-only: a session's bug must not end the speaker
                 log.exception("session failed")
+            self.connection_ready.set()  # the first attempt ended: waiting to redial
             self.clock.reset()
             await self._to_writer.send(EndStream())
             if trio.current_time() - started > STABLE_SESSION_S:
@@ -489,7 +487,9 @@ class Player:
     async def _run_session(self, conn, url: str, dialect: str = "sendspin",
                            server_hello=None, legacy_roles: bool = False) -> None:
         self.session = self._new_session(conn, url, dialect, legacy_roles)
-        await self.session.run(server_hello=server_hello)
+        await self.session.handshake(server_hello)
+        self.connection_ready.set()
+        await self.session.serve()
 
     # ------------------------------------------------------------------ server-initiated mode
     async def _listen(self) -> None:
@@ -499,6 +499,7 @@ class Player:
 
         async with open_listener(self.config.listen_port) as listener:
             log.info("waiting for servers on port %d", listener.port)
+            self.connection_ready.set()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(
                     advertise, Advertisement(self.config.client_id or self.state.client_id,

@@ -11,8 +11,10 @@ The steps (``resonate-embedded update …``; the slots and the firmware's tryboo
   ``resonate-update-deadline`` timer that reboots normally, which falls back to config.txt's
   slot); back on the primary slot after a trial that was never confirmed → the rollback is
   recorded and that slot marked bad.
-* ``confirm`` (after the player reported READY): in a trial → ``rauc status mark-good``
-  (the backend commits: config.txt names the slot), the deadline is cancelled.
+* ``confirm`` (after the player reported READY): in a trial, once the player has stayed
+  healthy for a while after READY (:mod:`resonate_embedded.update_health`) → ``rauc status
+  mark-good`` (the backend commits: config.txt names the slot), the deadline is cancelled.
+  A player that is not healthy leaves the slot uncommitted: the deadline rolls it back.
 
 Every step is recorded in one JSON file (:data:`STATE_FILE`, written atomically; schema in
 :class:`UpdateRecord`).  Commands are run through an injectable :data:`Runner`, so the state
@@ -42,6 +44,9 @@ from resonate_embedded.boot_slots import (
     BootSlotError, BootSlots, SlotView, other_slot,
 )
 from resonate_embedded.system_commands import Runner, run_command
+from resonate_embedded.update_health import (
+    HEALTHY_S, READY_TIMEOUT_S, PlayerWatch, Unhealthy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +302,7 @@ class Updater:
     run: Runner = run_command
     say: Callable[[str], None] = print
     warn: Callable[[str], None] = attrs.field(default=lambda line: print(line, file=sys.stderr))
+    watch: Callable[[Runner], PlayerWatch] = PlayerWatch  # the player's health, over ``run``
 
     def _view(self) -> SlotView | None:
         """The slots; None when not booted from an A/B slot (a development machine)."""
@@ -334,9 +340,11 @@ class Updater:
         """Every boot: arm a trial's deadline, or record a rollback or an interrupted install."""
         return self._step("boot-check", lambda: self._boot_check(deadline_s))
 
-    def confirm(self) -> int:
-        """After READY: a trial slot becomes the primary.  Anything else is a no-op."""
-        return self._step("confirm", self._confirm)
+    def confirm(self, healthy_s: float = HEALTHY_S,
+                ready_timeout_s: float = READY_TIMEOUT_S) -> int:
+        """A trial slot becomes the primary once the player has been healthy for
+        ``healthy_s`` after READY; anything else is a no-op."""
+        return self._step("confirm", lambda: self._confirm(healthy_s, ready_timeout_s))
 
     def _install(self, bundle: Path, reboot: bool) -> str:
         view = self._view()
@@ -396,7 +404,8 @@ class Updater:
                 and record.target_slot == other_slot(view.booted)
                 and (record.result == "trial" or record.reboot_requested_at)):
             record.result, record.finished_at = "rolled-back", utc_now()
-            record.message = f"rolled back: slot {record.target_slot} did not become ready"
+            why = f" ({record.message})" if record.message.startswith("not confirmed") else ""
+            record.message = f"rolled back: slot {record.target_slot} did not become ready{why}"
             self.slots.set_state(record.target_slot, "bad")
             self._save(record)
             return record.message
@@ -415,7 +424,20 @@ class Updater:
         return (f"trial boot of slot {slot}: it must be confirmed within {deadline_s} s, "
                 "else the speaker reboots into the previous slot")
 
-    def _confirm(self) -> str:
+    def _player_healthy(self, view: SlotView, record: UpdateRecord | None, healthy_s: float,
+                        ready_timeout_s: float) -> str:
+        """The player's health (one line), or :class:`UpdateError`: the slot stays on trial
+        and the reason is kept in the record."""
+        try:
+            return self.watch(self.run).wait_healthy(healthy_s, ready_timeout_s)
+        except Unhealthy as exc:
+            if record is not None:
+                record.message = f"not confirmed: {exc}"
+                self._save(record)
+            raise UpdateError(f"slot {view.booted} not confirmed: {exc}; the trial deadline "
+                              f"reboots into slot {view.primary}", EXIT_INSTALL_FAILED) from None
+
+    def _confirm(self, healthy_s: float, ready_timeout_s: float) -> str:
         view = self._view()
         if view is None:
             return "not an A/B image: nothing to confirm"
@@ -423,6 +445,8 @@ class Updater:
         recorded = (record is not None and record.result in PENDING
                     and record.target_slot == view.booted)
         if view.in_trial:
+            self.say(self._player_healthy(view, record if recorded else None, healthy_s,
+                                          ready_timeout_s))
             self._check(["rauc", "status", "mark-good"], "mark good", EXIT_INSTALL_FAILED)
             if self.slots.view().primary != view.booted:
                 raise UpdateError(f"rauc marked slot {view.booted} good but config.txt still "

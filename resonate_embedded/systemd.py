@@ -3,6 +3,8 @@
 Guarantees: every call is a single non-blocking datagram to ``$NOTIFY_SOCKET``
 (or nothing at all when the variable is unset, so the player runs the same
 without systemd); a failing send is reported once in the log, never raised.
+:func:`notify_service` sends ``READY=1`` only once the player said it is ready, and
+``WATCHDOG=1`` from then on only while it is alive.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
+
+import trio
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +57,23 @@ class Notifier:
             return int(usec) / 2_000_000
         except ValueError:
             return None
+
+
+async def notify_service(notifier: Notifier, wait_ready: Callable[[], Awaitable[None]],
+                         alive: Callable[[], bool], status: Callable[[], str],
+                         status_interval_s: float) -> None:
+    """``STATUS=`` while starting; ``READY=1`` once ``wait_ready`` returns (never before);
+    then every half ``WatchdogSec`` (at most ``status_interval_s``) ``STATUS=`` and,
+    only while ``alive()``, ``WATCHDOG=1``.  Returns at once without systemd."""
+    if not notifier.enabled:
+        return
+    notifier.notify(STATUS="starting: waiting for the audio device and the connection")
+    await wait_ready()
+    notifier.notify(READY="1", STATUS=status())
+    interval = min(notifier.watchdog_interval_s() or status_interval_s, status_interval_s)
+    while True:
+        await trio.sleep(interval)
+        fields = {"STATUS": status()}
+        if alive():
+            fields["WATCHDOG"] = "1"
+        notifier.notify(**fields)

@@ -141,6 +141,19 @@ class AlsaOutput:
             pass
 
 
+def write_silence(config: OutputConfig, shape: PcmShape) -> None:
+    """Open the device in ``shape``, write one period of silence and close it: the audio path
+    can play.  Raises :class:`DeviceLost` (or :class:`AlsaOutputError`) when it cannot."""
+    out = AlsaOutput(config, shape)
+    try:
+        if out.write(np.zeros((out.period_size, shape.channels), dtype=shape.dtype)) <= 0:
+            raise DeviceLost(f"{config.device}: took no audio")
+    except Underrun as exc:
+        raise DeviceLost(f"{config.device}: {exc}") from None
+    finally:
+        out.close()
+
+
 def _open(config: OutputConfig, shape: PcmShape):
     errors = []
     period = max(32, shape.sample_rate * config.period_us // 1_000_000)

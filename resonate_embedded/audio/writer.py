@@ -17,6 +17,9 @@ and compares it with the server time of the next frame in the queue.
 - Starved (a stream is on but no audio is queued for ``STARVED_REPORT_US``, e.g. the
   network stalled): the output is digital silence; report ``error``, and
   ``synchronized`` again when audio arrives (placed by its timestamps: no drift).
+- Start: before anything else the device is opened, given one period of silence and closed
+  (:attr:`Writer.output_proven` is set then; what systemd's READY waits for): a device
+  that cannot play is found at start, not at the first stream, and retried as a lost one.
 - Device lost (write/drop fail with an I/O error, the device cannot be opened, or it
   xruns ``LOST_AFTER_XRUNS`` times in a row without playing): close it, report
   ``error``, keep taking commands (the queue stays current; audio that fell due
@@ -37,7 +40,7 @@ import numpy as np
 import trio
 
 from resonate_embedded.audio.alsa_output import (
-    AlsaOutput, AlsaOutputError, DeviceLost, OutputConfig, Underrun,
+    AlsaOutput, AlsaOutputError, DeviceLost, OutputConfig, Underrun, write_silence,
 )
 from resonate_embedded.audio.commands import (
     EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume, WriterCommand,
@@ -105,7 +108,10 @@ class Writer:
     def __init__(self, output: OutputConfig, dac_latency_us: int, clock: MappingSource,
                  commands: trio.MemoryReceiveChannel, events: trio.MemorySendChannel,
                  volume: int = 100, muted: bool = False, output_delay_us: int = 0,
-                 max_queued_s: float = MAX_QUEUED_SECONDS) -> None:
+                 max_queued_s: float = MAX_QUEUED_SECONDS,
+                 first_shape: PcmShape = PcmShape(48000, 2, 16)) -> None:
+        """``first_shape``: what the device is proven with at start (and an announcement
+        alone plays in until a stream has played)."""
         self._output_config = output
         self._dac_latency_us = dac_latency_us
         self._clock = clock
@@ -118,7 +124,7 @@ class Writer:
         self._muted = muted
         self._announcement = Announcement()
         self._announcement_reported = "idle"
-        self._last_shape = PcmShape(48000, 2, 16)  # an announcement alone plays in this
+        self._last_shape = first_shape  # an announcement alone plays in this
         self._output_delay_us = output_delay_us
         self._controller = RateController()
         self._scheduler = CorrectionScheduler()
@@ -130,6 +136,7 @@ class Writer:
         self._xruns_in_a_row = 0
         self._device_lost_us: int | None = None  # when the device went away (None: present)
         self.stats = WriterStats()
+        self.output_proven = trio.Event()  # the device opened and took audio (set once)
         # Amplifier power (resonate_embedded.amplifier.Amplifier): request() before the
         # output opens returns when audio may flow (warm-up); release() once it is closed.
         self.power = None
@@ -270,7 +277,10 @@ class Writer:
 
     # ------------------------------------------------------------------ task
     async def run(self) -> None:
-        """Play forever; returns only when the command channel closes."""
+        """Prove the output (once), then play forever; returns only when the command
+        channel closes."""
+        while not self.output_proven.is_set():
+            await self._prove_output()
         while True:
             self.stats.state = "idle"
             if self.power is not None:
@@ -300,10 +310,7 @@ class Writer:
                 self._queue.drop_head()
                 await self._sleep_taking_commands(OPEN_RETRY_S)
                 continue
-            if self._device_lost_us is not None:
-                log.warning("audio device %s is back after %.1f s", self._output_config.device,
-                            (local_now_us() - self._device_lost_us) / 1e6)
-                self._device_lost_us = None
+            self._device_back()
             self._volume.set_ramp_frames(segment.shape.sample_rate * VOLUME_RAMP_US // 1_000_000)
             self._last_shape = segment.shape
             try:
@@ -313,6 +320,25 @@ class Writer:
                 await self._device_away(exc)
             finally:
                 output.close()
+
+    async def _prove_output(self) -> None:
+        """Open the device, write a period of silence, close it: :attr:`output_proven`;
+        a device that cannot do that is reported and retried like a lost one.  The
+        amplifier stays off: silence needs no power."""
+        try:
+            write_silence(self._output_config, self._last_shape)
+        except AlsaOutputError as exc:
+            await self._device_away(exc)
+            return
+        self._device_back()
+        log.info("audio device %s opened and took silence", self._output_config.device)
+        self.output_proven.set()
+
+    def _device_back(self) -> None:
+        if self._device_lost_us is not None:
+            log.warning("audio device %s is back after %.1f s", self._output_config.device,
+                        (local_now_us() - self._device_lost_us) / 1e6)
+            self._device_lost_us = None
 
     async def _power_up(self) -> None:
         """The amplifier on before the output opens, and its warm-up waited out (still

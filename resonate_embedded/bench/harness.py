@@ -57,6 +57,29 @@ class HarnessCommandError(HarnessError):
 # ---------------------------------------------------------------------------------------
 
 
+# Skip reasons naming a missing dependency start with one of these prefixes; under
+# RESONATE_REQUIRE_ALL=1 (CI) tests/conftest.py turns such a skip into a failure.
+MISSING_VENV = "missing server venv:"
+MISSING_DEPENDENCY = "missing dependency:"
+_VENV_SETUP = {".venv-server": "bash resonate_embedded/bench/setup_server_venv.sh",
+               ".venv-ref": "python -m resonate_embedded.bench.reference setup"}
+
+
+def missing_venv_reason(name: str) -> str:
+    """The skip reason for a test whose server venv `name` (e.g. ".venv-resonate") is missing,
+    with the command that makes it (``bash .ci/setup`` makes them all)."""
+    setup = _VENV_SETUP.get(name, "bash resonate_embedded/bench/setup_legacy_venvs.sh")
+    return f"{MISSING_VENV} {name} (run {setup})"
+
+
+def requires_venv(python: str | None, name: str) -> Any:
+    """A pytest mark that skips the test when `python` (a ``find_*_python()`` result for the
+    venv `name`) is None, with ``missing_venv_reason(name)``."""
+    import pytest  # the tests' dependency, not the harness's
+
+    return pytest.mark.skipif(python is None, reason=missing_venv_reason(name))
+
+
 def find_server_python() -> str | None:
     """Return a Python >= 3.12 that can import aiosendspin 10.x (and PyAV), or None.
 
@@ -358,7 +381,7 @@ async def start_test_server(
         args.append("--wire-events")
     args += list(extra_args or [])
     proc_env = dict(os.environ)
-    proc_env.pop("PYTHONPATH", None)  # keep the 3.11 project path out of the 3.12 server
+    proc_env.pop("PYTHONPATH", None)  # keep the 3.11 project path out of the server's Python
     proc_env.pop("PYTHONHOME", None)
     proc_env["PYTHONUNBUFFERED"] = "1"
     if env:

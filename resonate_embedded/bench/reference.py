@@ -45,6 +45,7 @@ from pathlib import Path
 REF_PACKAGE = "sendspin"
 REF_VERSION = "9.0.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PICK_PYTHON_SCRIPT = Path(__file__).resolve().with_name("python312.sh")
 
 _PROBE = (
     "import importlib.metadata as m, sys; v = m.version('sendspin'); "
@@ -132,27 +133,13 @@ def reference_command(python: str, *, url: str, name: str, run_dir: Path, offer:
 
 
 def _python312() -> str | None:
-    """A working Python >= 3.12: pyenv's 3.12.x, then python3.12/python3.13 on PATH."""
-    candidates = []
-    try:
-        prefix = subprocess.run(["pyenv", "prefix", "3.12.1"], capture_output=True, text=True,
-                                timeout=30).stdout.strip()
-        if prefix:
-            candidates.append(str(Path(prefix, "bin", "python")))
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    candidates += [shutil.which(c) or "" for c in ("python3.12", "python3.13")]
-    for cand in candidates:
-        if not cand or not Path(cand).exists():
-            continue
-        try:
-            ok = subprocess.run([cand, "-c", "import sys; sys.exit(sys.version_info < (3, 12))"],
-                                capture_output=True, timeout=30).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            return cand
-    return None
+    """The base Python >= 3.12 every server venv uses (``python312.sh``'s ``pick_python``)."""
+    picked = subprocess.run(["bash", "-c", 'source "$0" && pick_python', str(PICK_PYTHON_SCRIPT)],
+                            capture_output=True, text=True, timeout=60)
+    if picked.returncode != 0:
+        print(picked.stderr.strip(), file=sys.stderr)
+        return None
+    return picked.stdout.strip()
 
 
 def setup(venv: Path) -> int:
@@ -160,7 +147,6 @@ def setup(venv: Path) -> int:
     if not (venv / "bin" / "python").exists():
         base = _python312()
         if base is None:
-            print("no Python >= 3.12 found (python3.12/3.13 on PATH or pyenv 3.12.1)", file=sys.stderr)
             return 1
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",

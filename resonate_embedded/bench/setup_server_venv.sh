@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (idempotently) the Python 3.12 venv that runs the real Sendspin test server
+# Create (idempotently) the Python >= 3.12 venv that runs the real Sendspin test server
 # (resonate_embedded/bench/sendspin_test_server.py, aiosendspin 10.x).
 #
 #   resonate_embedded/bench/setup_server_venv.sh [VENV_DIR]     (default: <repo>/.venv-server)

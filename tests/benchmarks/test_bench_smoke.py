@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resonate_embedded.bench.harness import find_server_python
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY, find_server_python, missing_venv_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -17,9 +17,9 @@ BENCH = Path(__file__).resolve().with_name("sync_bench.py")
 
 
 def test_quick_bench_produces_table(tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason=f"{MISSING_DEPENDENCY} matplotlib (the test extra)")
     if find_server_python() is None:
-        pytest.skip("no test server venv (aiosendspin 10.x)")
+        pytest.skip(missing_venv_reason(".venv-server"))
     out = tmp_path / "bench"
     res = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--only", "clean_+100ppm", "--seconds", "4",

@@ -33,7 +33,7 @@ import trio
 
 from resonate_embedded.bench import harness
 from resonate_embedded.bench.harness import (
-    decode_frame_index, find_server_python, index_samples_for, index_signal,
+    decode_frame_index, find_server_python, index_samples_for, index_signal, requires_venv,
 )
 from resonate_embedded.bench.measure import ChunkTable, match
 from resonate_embedded.bench.mitm import Mitm
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.e2e
 
 ON_TIME_US = 1000
 SERVER_PYTHON = find_server_python()
-needs_server = pytest.mark.skipif(SERVER_PYTHON is None, reason="no aiosendspin 10 server venv")
+needs_server = requires_venv(SERVER_PYTHON, ".venv-server")
 
 _WRAPPER = r'''
 """The harness server plus operator commands (written by tests/e2e/test_encrypted_e2e.py)."""
@@ -554,7 +554,7 @@ def write_index_wav(path: Path, seconds: float) -> None:
         w.writeframes(samples.tobytes())
 
 
-@pytest.mark.skipif(_sendspin_python() is None, reason="no venv with sendspin 9.x (sendspin serve)")
+@requires_venv(_sendspin_python(), ".venv-ref")
 def test_plays_bit_exact_from_sendspin_serve_with_no_extra_flags(tmp_path):
     """``resonate-embedded run --server ws://127.0.0.1:PORT/sendspin`` (plus only the test's
     device and state dir) plays what ``sendspin serve FILE`` streams, bit-exact."""

@@ -19,7 +19,7 @@ import trio
 from resonate_embedded.audio.formats import StreamFormat
 from resonate_embedded.bench.harness import (
     RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_resonate_python,
-    find_sendspin1_python, find_sendspin2_python, index_signal, start_test_server,
+    find_sendspin1_python, find_sendspin2_python, index_signal, requires_venv, start_test_server,
 )
 from resonate_embedded.protocol.binary import parse_audio_frame
 from resonate_embedded.protocol.connection import Connection
@@ -38,9 +38,9 @@ TIMEOUT = 60.0
 R_PYTHON = find_resonate_python()
 S1A_PYTHON = find_sendspin1_python()
 S1_PYTHON = find_sendspin2_python()
-SETUP = "run resonate_embedded/bench/setup_legacy_venvs.sh"
-needs_r = pytest.mark.skipif(R_PYTHON is None, reason=SETUP)
-needs_s1 = pytest.mark.skipif(S1_PYTHON is None, reason=SETUP)
+needs_r = requires_venv(R_PYTHON, ".venv-resonate")
+needs_s1a = requires_venv(S1A_PYTHON, ".venv-sendspin1")
+needs_s1 = requires_venv(S1_PYTHON, ".venv-sendspin2")
 PCM16 = StreamFormat("pcm", 48000, 2, 16)
 SOURCE = {"sample_rate": 48000, "bit_depth": 16, "channels": 2}
 
@@ -150,8 +150,8 @@ def test_sendspin_server_answers_the_first_dialect():
 
 
 @pytest.mark.parametrize("python, major", [
-    pytest.param(S1A_PYTHON, "1.", marks=pytest.mark.skipif(S1A_PYTHON is None, reason=SETUP)),
-    pytest.param(S1_PYTHON, "2.", marks=pytest.mark.skipif(S1_PYTHON is None, reason=SETUP)),
+    pytest.param(S1A_PYTHON, "1.", marks=needs_s1a),
+    pytest.param(S1_PYTHON, "2.", marks=needs_s1),
 ])
 def test_sendspin_v1_servers_stream_exact_type4_audio(python, major):
     async def main():
@@ -180,8 +180,8 @@ def test_sendspin_v1_servers_stream_exact_type4_audio(python, major):
 
 
 @pytest.mark.parametrize("python", [
-    pytest.param(S1A_PYTHON, marks=pytest.mark.skipif(S1A_PYTHON is None, reason=SETUP)),
-    pytest.param(S1_PYTHON, marks=pytest.mark.skipif(S1_PYTHON is None, reason=SETUP)),
+    pytest.param(S1A_PYTHON, marks=needs_s1a),
+    pytest.param(S1_PYTHON, marks=needs_s1),
 ])
 def test_trap_v1_servers_pick_flac_and_fail_when_it_is_only_24_bit(python):
     """Pinned server behaviour: FLAC > Opus > PCM regardless of our order, and 1.x/2.x cannot

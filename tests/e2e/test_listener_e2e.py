@@ -17,7 +17,7 @@ import trio
 from resonate_embedded.audio.formats import StreamFormat
 from resonate_embedded.bench.harness import (
     RESONATE_SCRIPT, TestServer, find_resonate_python, find_server_python, index_signal,
-    pcm_bytes_to_samples, start_test_server,
+    pcm_bytes_to_samples, requires_venv, start_test_server,
 )
 from resonate_embedded.protocol.arbitration import Admission, Candidate
 from resonate_embedded.protocol.binary import parse_audio_frame
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.e2e
 
 S10_PYTHON = find_server_python()
 R_PYTHON = find_resonate_python()
-needs_s10 = pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
-needs_r = pytest.mark.skipif(R_PYTHON is None, reason="run bench/setup_legacy_venvs.sh")
+needs_s10 = requires_venv(S10_PYTHON, ".venv-server")
+needs_r = requires_venv(R_PYTHON, ".venv-resonate")
 TIMEOUT = 60.0
 PCM16 = StreamFormat("pcm", 48000, 2, 16)
 

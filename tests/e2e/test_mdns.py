@@ -22,7 +22,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
 
 from resonate_embedded.audio.formats import StreamFormat
 from resonate_embedded.bench.harness import (
-    RESONATE_SCRIPT, find_resonate_python, find_server_python, start_test_server,
+    RESONATE_SCRIPT, find_resonate_python, find_server_python, requires_venv, start_test_server,
 )
 from resonate_embedded.discovery.mdns import (
     Advertisement, DiscoveredServer, ServerRemoved, advertise, browse_servers, discover_server,
@@ -37,8 +37,8 @@ LO = ["127.0.0.1"]
 TIMEOUT = 60.0
 S10_PYTHON = find_server_python()
 R_PYTHON = find_resonate_python()
-needs_s10 = pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
-needs_r = pytest.mark.skipif(R_PYTHON is None, reason="run bench/setup_legacy_venvs.sh")
+needs_s10 = requires_venv(S10_PYTHON, ".venv-server")
+needs_r = requires_venv(R_PYTHON, ".venv-resonate")
 
 
 def unique(prefix: str) -> str:

@@ -26,7 +26,7 @@ import trio
 
 from resonate_embedded.bench.harness import (
     RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_resonate_python, find_sendspin2_python,
-    find_server_python, start_test_server,
+    find_server_python, missing_venv_reason, requires_venv, start_test_server,
 )
 from resonate_embedded.bench.measure import ChunkTable, Matched, match, summarize
 from resonate_embedded.bench.mitm import CLOSE, Mitm
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.e2e
 S10_PYTHON = find_server_python()
 R_PYTHON = find_resonate_python()
 S1_PYTHON = find_sendspin2_python()
-LEGACY = "run resonate_embedded/bench/setup_legacy_venvs.sh"
 ON_TIME_US = 1000
 TIMEOUT = 60.0
 SOURCE = {"sample_rate": 48000, "bit_depth": 16, "channels": 2}
@@ -112,7 +111,7 @@ def raw_minus_server_us(ready: dict) -> int:
     return -int(diffs["CLOCK_MONOTONIC_RAW"])
 
 
-@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+@requires_venv(S10_PYTHON, ".venv-server")
 def test_server_initiated_mode_is_dialled_and_plays_on_time(tmp_path):
     port = free_port()
 
@@ -136,7 +135,7 @@ def test_server_initiated_mode_is_dialled_and_plays_on_time(tmp_path):
     assert "server connected from" in (tmp_path / "player.log").read_text()
 
 
-@pytest.mark.skipif(R_PYTHON is None, reason=LEGACY)
+@requires_venv(R_PYTHON, ".venv-resonate")
 def test_resonate_server_plays_bit_exact_and_on_time(tmp_path):
     async def main():
         async with start_test_server(R_PYTHON, port=0, script=RESONATE_SCRIPT) as srv:
@@ -153,7 +152,7 @@ def test_resonate_server_plays_bit_exact_and_on_time(tmp_path):
     assert "encrypted" not in player_log  # a /resonate URL skips the Noise attempt
 
 
-@pytest.mark.skipif(S1_PYTHON is None, reason=LEGACY)
+@requires_venv(S1_PYTHON, ".venv-sendspin2")
 def test_sendspin_v1_server_plays_bit_exact(tmp_path):
     async def main():
         async with start_test_server(S1_PYTHON, port=0, script=SENDSPIN_V1_SCRIPT) as srv:
@@ -185,7 +184,7 @@ async def goodbye_reason(srv: TestServer, since: int) -> str | None:
     return (await srv.wait_event("client_disconnected", TIMEOUT, since=since))["goodbye_reason"]
 
 
-@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+@requires_venv(S10_PYTHON, ".venv-server")
 def test_two_servers_compete_and_the_last_playback_server_wins_after_a_restart(tmp_path):
     """Two encrypted aiosendspin 10 servers dial the player process: a playback dial
     displaces a discovery one (``another_server``), a later discovery dial is turned away
@@ -248,10 +247,11 @@ def test_two_servers_compete_and_the_last_playback_server_wins_after_a_restart(t
 def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
     """Server-initiated, plaintext: aiosendspin 2.x leaves ``client/init`` unanswered and
     gets the plain hello on the same socket; aioresonate dials ``/resonate``."""
-    python, script, path = {"sendspin2": (S1_PYTHON, SENDSPIN_V1_SCRIPT, "/sendspin"),
-                            "resonate": (R_PYTHON, RESONATE_SCRIPT, "/resonate")}[which]
+    python, script, path, venv = {
+        "sendspin2": (S1_PYTHON, SENDSPIN_V1_SCRIPT, "/sendspin", ".venv-sendspin2"),
+        "resonate": (R_PYTHON, RESONATE_SCRIPT, "/resonate", ".venv-resonate")}[which]
     if python is None:
-        pytest.skip(LEGACY)
+        pytest.skip(missing_venv_reason(venv))
     port = free_port()
 
     async def dial(srv: TestServer) -> None:
@@ -271,7 +271,7 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
         assert "does not speak encrypted Sendspin" in log
 
 
-@pytest.mark.skipif(S1_PYTHON is None, reason=LEGACY)
+@requires_venv(S1_PYTHON, ".venv-sendspin2")
 def test_a_dialling_server_that_closes_after_client_init_gets_plaintext_next_time(tmp_path):
     """Server-initiated, a server that closes the socket when ``client/init`` arrives
     (aiosendspin 5.x/6.x cannot parse it): the real aiosendspin 2.x dials the player through
@@ -311,7 +311,7 @@ def test_a_dialling_server_that_closes_after_client_init_gets_plaintext_next_tim
             "encrypted Sendspin: using plaintext") in log
 
 
-@pytest.mark.skipif(S10_PYTHON is None, reason="run bench/setup_server_venv.sh")
+@requires_venv(S10_PYTHON, ".venv-server")
 def test_run_without_a_server_is_found_by_mdns_and_played(tmp_path):
     """``run`` with no server flags: listener + ``_sendspin._tcp`` advertisement (kept on
     loopback here); a real aiosendspin 10 server browsing for clients finds it, dials it

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from resonate_embedded import cli
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.boot_slots import BootSlots
 from resonate_embedded.system_commands import CommandResult, run_command
 from resonate_embedded.system_update import (
@@ -26,7 +27,7 @@ from resonate_embedded.system_update import (
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("rauc", "openssl", "mke2fs", "mksquashfs")),
-    reason="needs the rauc CLI, openssl, mke2fs and mksquashfs "
+    reason=f"{MISSING_DEPENDENCY} the rauc CLI, openssl, mke2fs or mksquashfs "
            "(apt install rauc squashfs-tools openssl e2fsprogs)")
 
 COMPATIBLE = "resonate-embedded-test"

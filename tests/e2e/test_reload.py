@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from resonate_embedded.bench.harness import TestServer, find_server_python, start_test_server
+from resonate_embedded.bench.harness import (
+    TestServer, find_server_python, requires_venv, start_test_server,
+)
 from resonate_embedded.bench.scenario import stop_process
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +42,7 @@ async def client_named(srv: TestServer, name: str) -> dict:
             await trio.sleep(0.2)
 
 
-@pytest.mark.skipif(SERVER_PYTHON is None, reason="no aiosendspin 10 server venv")
+@requires_venv(SERVER_PYTHON, ".venv-server")
 def test_sighup_reloads_and_a_bad_file_keeps_the_running_configuration(tmp_path):
     cfg, state, log_path = tmp_path / "player.toml", tmp_path / "state", tmp_path / "player.log"
 

@@ -27,14 +27,14 @@ import pytest
 import trio
 
 from resonate_embedded.bench import harness
-from resonate_embedded.bench.harness import find_server_python
+from resonate_embedded.bench.harness import find_server_python, requires_venv
 from resonate_embedded.bench.scenario import stop_process
 from resonate_embedded.control_socket import StatusUnavailable, fetch_status, socket_path
 
 pytestmark = pytest.mark.e2e
 
 SERVER_PYTHON = find_server_python()
-needs_server = pytest.mark.skipif(SERVER_PYTHON is None, reason="no aiosendspin 10 server venv")
+needs_server = requires_venv(SERVER_PYTHON, ".venv-server")
 
 VOLUME_STEP = 7  # not the default 5: the group volume must move by the configured step
 START_VOLUME = 50
@@ -490,5 +490,36 @@ def test_control_without_server_changes_and_keeps_the_local_volume(tmp_path):
             assert (snap["volume"], snap["muted"]) == (START_VOLUME - 3 * VOLUME_STEP, True)
         finally:
             assert await speaker.stop() == 0
+
+    trio.run(main)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Unix socket, paced device")
+def test_status_and_control_socket_with_a_200_character_state_dir(tmp_path):
+    """The control socket's path is past sun_path's 107 bytes: the player still answers
+    ``status --state-dir`` and ``control`` (and says nothing about the socket)."""
+    base = tmp_path
+    while 200 - len(str(base / "state")) > 60:
+        base = base / ("d" * 49)
+    base = base / ("b" * (200 - len(str(base / "state")) - 1))
+    base.mkdir(parents=True)
+
+    async def main():
+        speaker = Speaker(base, f"ws://127.0.0.1:{free_port()}/sendspin")
+        assert len(str(speaker.state)) == 200
+        await speaker.start()
+        try:
+            with trio.fail_after(60):
+                while (await speaker.cli("status", "--json")).returncode != 0:
+                    await trio.sleep(0.2)
+            snap = await speaker.status_json()
+            assert snap["name"] == "Shelf" and snap["volume"] == START_VOLUME
+            assert "applied to this speaker" in await speaker.control("volume_down")
+            await speaker.wait_status(lambda s: s["volume"] == START_VOLUME - VOLUME_STEP)
+            screen = await speaker.cli("status")
+            assert screen.returncode == 0 and b"Shelf" in screen.stdout
+        finally:
+            assert await speaker.stop() == 0
+        assert speaker.count("not available") == 0
 
     trio.run(main)

@@ -31,16 +31,14 @@ from resonate_embedded.bench.harness import (
     frame_timestamp_us,
     index_signal,
     pcm_bytes_to_samples,
+    requires_venv,
     start_test_server,
 )
 
 pytestmark = pytest.mark.e2e
 
 SERVER_PYTHON = find_server_python()
-needs_server = pytest.mark.skipif(
-    SERVER_PYTHON is None,
-    reason="no Python 3.12 venv with aiosendspin 10.x (run resonate_embedded/bench/setup_server_venv.sh)",
-)
+needs_server = requires_venv(SERVER_PYTHON, ".venv-server")
 
 PCM16 = {"codec": "pcm", "channels": 2, "sample_rate": 48000, "bit_depth": 16}
 PCM24 = {"codec": "pcm", "channels": 2, "sample_rate": 48000, "bit_depth": 24}

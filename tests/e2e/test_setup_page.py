@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from resonate_embedded import firstboot
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.config import build_config, load_toml
 from resonate_embedded.setup import web
 from resonate_embedded.setup.hotspot import FakeNetwork, HotspotMachine, HotspotService, Network
@@ -30,7 +31,7 @@ def _browser_paths() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium "
+        pytest.skip(f"{MISSING_DEPENDENCY} Debian's chromium and chromium-driver (apt-get install chromium "
                     "chromium-driver; .ci/setup installs them)")
     return chromium, driver
 
@@ -38,7 +39,7 @@ def _browser_paths() -> tuple[str, str]:
 @pytest.fixture
 def browser(tmp_path):
     chromium, driver_path = _browser_paths()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason=f"{MISSING_DEPENDENCY} selenium (the test extra)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

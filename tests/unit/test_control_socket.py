@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from resonate_embedded.control_socket import (
     send_action, serve_status, socket_path, status_screen,
 )
 from resonate_embedded.roles.controller import ACTIONS, Action
+from resonate_embedded.unix_address import unix_address
 
 
 def snapshot() -> StatusSnapshot:
@@ -314,3 +316,45 @@ def test_cli_control_without_player(tmp_path, capsys):
     assert "is the player running" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["control", "self_destruct", "--state-dir", str(tmp_path)])
+
+
+def long_state_dir(tmp_path: Path) -> Path:
+    """A state directory whose socket path is far past sun_path's 107 bytes."""
+    state = tmp_path
+    while 200 - len(str(state)) > 60:
+        state = state / ("d" * 49)
+    state = state / ("s" * (200 - len(str(state)) - 1))
+    assert len(str(state)) == 200
+    return state
+
+
+def test_a_200_character_state_dir_still_answers(tmp_path, capsys, caplog):
+    state = long_state_dir(tmp_path)
+    rec = Recorder()
+
+    def client(path):
+        assert path.parent == state and stat.S_ISSOCK(os.stat(path).st_mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        return (fetch_status(path)["name"],
+                cli.main(["status", "--state-dir", str(state), "--json"]),
+                cli.main(["control", "volume_up", "--state-dir", str(state)]))
+
+    assert serve_and(state, client, lambda: StatusSnapshot(name="Kitchen").to_dict(),
+                     rec) == ("Kitchen", 0, 0)
+    assert json.loads(capsys.readouterr().out.split("\nvolume_up")[0])["name"] == "Kitchen"
+    assert rec.actions == [Action("volume_up", 1)]
+    assert not socket_path(state).exists()
+    assert not any("not available" in r.getMessage() for r in caplog.records)
+
+
+def test_a_long_state_dir_stale_socket_is_replaced_and_a_missing_one_is_reported(tmp_path):
+    state = long_state_dir(tmp_path)
+    with pytest.raises(StatusUnavailable, match="does not exist"):
+        fetch_status(socket_path(state))
+    state.mkdir(parents=True)
+    with unix_address(socket_path(state)) as address:
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(address)
+        stale.close()
+    assert socket_path(state).exists()
+    assert serve_and(state, fetch_status)["name"] == "Kitchen"

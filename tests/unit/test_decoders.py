@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from resonate_embedded.audio.av_decoders import opus_decoder
 from resonate_embedded.audio.decoders import DecodeError, decodable_formats, make_decoder
 from resonate_embedded.audio.formats import PcmShape, StreamFormat
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 
 FLAC_BLOCK_HEADER = b"\x80\x00\x00\x22"  # last block, STREAMINFO, 34 bytes
 SERVER_FLAC_FRAMES = 4608
@@ -26,11 +27,11 @@ def has_codec(name: str, mode: str) -> bool:
 
 
 needs_flac = pytest.mark.skipif(
-    not (has_codec("flac", "r") and has_codec("flac", "w")), reason="PyAV without FLAC"
+    not (has_codec("flac", "r") and has_codec("flac", "w")), reason=f"{MISSING_DEPENDENCY} PyAV with FLAC"
 )
 needs_opus = pytest.mark.skipif(
     not (("opus", 16) in decodable_formats() and has_codec("libopus", "w")),
-    reason="PyAV without an Opus decoder or the libopus encoder",
+    reason=f"{MISSING_DEPENDENCY} PyAV with an Opus decoder and the libopus encoder",
 )
 
 
@@ -279,7 +280,7 @@ def test_opus_decodes_960_frames_per_packet(with_header: bool) -> None:
 
 
 @needs_opus
-@pytest.mark.skipif(not has_codec("opus", "r"), reason="no native Opus decoder")
+@pytest.mark.skipif(not has_codec("opus", "r"), reason=f"{MISSING_DEPENDENCY} a native Opus decoder")
 def test_native_opus_decoder_converts_float_to_int16() -> None:
     _, packets, _ = encode_opus(48000, 0.3)
     decoder = opus_decoder(StreamFormat("opus", 48000, 2, 16), None, codec_name="opus")

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.controls import evdev_input
 from resonate_embedded.controls.evdev_input import (
     EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, EventDecoder, InputReader, decode_recorded,
@@ -174,7 +175,7 @@ class FakeDevice:
 
 
 def test_reader_reads_a_device_without_threads(monkeypatch):
-    evdev = pytest.importorskip("evdev")
+    evdev = pytest.importorskip("evdev", reason=f"{MISSING_DEPENDENCY} python-evdev")
     devices: dict[str, FakeDevice] = {}
 
     def open_device(path):
@@ -212,7 +213,7 @@ def test_reader_reads_a_device_without_threads(monkeypatch):
 
 
 def test_reader_survives_a_lost_device_and_reopens(monkeypatch, caplog):
-    evdev = pytest.importorskip("evdev")
+    evdev = pytest.importorskip("evdev", reason=f"{MISSING_DEPENDENCY} python-evdev")
     opened: list[FakeDevice] = []
 
     def open_device(path):
@@ -246,7 +247,7 @@ def test_reader_survives_a_lost_device_and_reopens(monkeypatch, caplog):
 
 
 def test_auto_mode_picks_devices_with_mapped_keys(monkeypatch):
-    evdev = pytest.importorskip("evdev")
+    evdev = pytest.importorskip("evdev", reason=f"{MISSING_DEPENDENCY} python-evdev")
 
     class Keyboard(FakeDevice):
         def capabilities(self, absinfo=False):

@@ -88,12 +88,24 @@ def test_missing_led_is_one_log_line_and_no_exception(tmp_path, caplog):
     assert read(tmp_path / "nope") == "255"
 
 
-def test_no_led_configured_is_a_noop():
-    async def main() -> None:
-        with trio.move_on_after(1):
-            await StatusLight(LedConfig()).run(lambda: LightState.ERROR)
+def test_no_led_configured_is_a_noop(tmp_path):
+    """With no LED configured, run() waits until cancelled without asking for the state
+    or touching any LED, even one that exists under the root."""
+    present = make_led(tmp_path, "resonate:status")
+    asked: list[LightState] = []
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    def get_state() -> LightState:
+        asked.append(LightState.ERROR)
+        return LightState.ERROR
+
+    async def main() -> bool:
+        with trio.move_on_after(1) as scope:
+            await StatusLight(LedConfig(root=tmp_path)).run(get_state)
+        return scope.cancelled_caught
+
+    assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))  # still waiting
+    assert asked == []
+    assert (read(present), read(present, "trigger")) == ("0", "[heartbeat] none timer")
 
 
 def test_run_follows_the_state_and_the_track_colour(tmp_path):

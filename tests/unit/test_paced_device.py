@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.paced.log import PacedLog, read_paced_log
 
 RATE = 48000
@@ -60,7 +61,7 @@ def _device_name(ppm: float = 0, latency_us: int = 0, log: Path | None = None) -
 
 @pytest.fixture(scope="module")
 def alsa():
-    alsaaudio = pytest.importorskip("alsaaudio", reason="pyalsaaudio not installed")
+    alsaaudio = pytest.importorskip("alsaaudio", reason=f"{MISSING_DEPENDENCY} pyalsaaudio")
     try:
         pcm = alsaaudio.PCM(
             alsaaudio.PCM_PLAYBACK,
@@ -74,7 +75,7 @@ def alsa():
         )
     except alsaaudio.ALSAAudioError as e:
         pytest.skip(
-            f"paced ALSA device not installed ({e}); run `make -C board/pacedpcm install` as root"
+            f"{MISSING_DEPENDENCY} the paced ALSA device ({e}); run `make -C board/pacedpcm install` as root"
         )
     pcm.close()
     return alsaaudio

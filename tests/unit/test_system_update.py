@@ -12,6 +12,7 @@ import struct
 import attrs
 import pytest
 from test_boot_slots import CONFIG_TXT, firmware_boot, make_boot_dir
+from test_update_health import FakeUnit, watch
 
 from resonate_embedded import cli
 from resonate_embedded.boot_slots import CONFIG, TRYBOOT, BootSlots, other_slot
@@ -53,6 +54,7 @@ class FakeSystem:
     deadline_active: bool = False
     reboots: list[list[str]] = attrs.field(factory=list)
     out: list[str] = attrs.field(factory=list)  # what the updater said ("ERR ": on stderr)
+    player: FakeUnit = attrs.field(factory=FakeUnit)  # the player's unit, healthy by default
 
     def __call__(self, argv) -> CommandResult:
         argv = list(argv)
@@ -101,7 +103,8 @@ def system(tmp_path):
                     "[slot.rootfs.0]\ndevice=/dev/mmcblk0p2\nbootname=A\n")
     updater = Updater(slots=slots, state_file=tmp_path / "data" / "update" / "state.json",
                       keyring=tmp_path / "keyring.pem", system_conf=conf, run=fake,
-                      say=fake.out.append, warn=lambda line: fake.out.append("ERR " + line))
+                      say=fake.out.append, warn=lambda line: fake.out.append("ERR " + line),
+                      watch=lambda run: watch(fake.player))
     return updater, fake
 
 
@@ -207,6 +210,41 @@ def test_trial_without_a_recorded_install(system):
     r = record(updater)
     assert (r.result, r.target_slot, r.message) == ("trial", "B", "trial boot without a recorded install")
     assert fake.deadline_active
+
+
+def test_confirm_waits_out_the_healthy_period_before_the_commit(system, tmp_path):
+    updater, fake = system
+    updater.install(good_bundle(updater, fake, tmp_path))
+    firmware_boot(fake.slots, tryboot=True)
+    updater.boot_check()
+    assert updater.confirm(healthy_s=45) == EXIT_OK
+    assert fake.out[-2:] == ["the player (pid 321) has been ready and healthy for 45 s",
+                             "slot B confirmed: it is the primary slot now"]
+    assert fake.player.reads >= 2 and fake.slots.view().primary == "B"
+
+
+def test_a_player_that_crashes_in_its_healthy_period_is_never_committed(system, tmp_path):
+    """The trial's player restarts 20 s after READY (its first stream, say): no mark-good,
+    the deadline stays armed, and the next boot records the rollback and why."""
+    updater, fake = system
+    updater.install(good_bundle(updater, fake, tmp_path))
+    firmware_boot(fake.slots, tryboot=True)
+    updater.boot_check()
+    fake.player.script[20] = {"MainPID": 400, "InvocationID": "77aa", "NRestarts": 1}
+    assert updater.confirm() == EXIT_INSTALL_FAILED
+    assert fake.out[-1].startswith("ERR update confirm: slot B not confirmed: the player "
+                                   "restarted during its healthy period (pid 321 -> 400")
+    assert fake.out[-1].endswith("the trial deadline reboots into slot A")
+    assert ["rauc", "status", "mark-good"] not in fake.calls
+    assert fake.deadline_active and fake.slots.view().primary == "A"
+    r = record(updater)
+    assert r.result == "trial" and r.message.startswith("not confirmed: the player restarted")
+    firmware_boot(fake.slots)  # the deadline's plain reboot
+    assert updater.boot_check() == EXIT_OK
+    r = record(updater)
+    assert r.result == "rolled-back" and r.message.startswith(
+        "rolled back: slot B did not become ready (not confirmed: the player restarted")
+    assert fake.slots.view().state("B") == "bad"
 
 
 def test_confirm_failure_keeps_the_deadline(system, tmp_path):
@@ -436,3 +474,18 @@ def test_cli_status_shows_the_system_without_a_player(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "is the player running" in captured.err
     assert "versions    player " in captured.out and "update      " in captured.out
+
+
+def test_cli_confirm_without_a_readable_player_commits_nothing(system, tmp_path, capsys):
+    """``update confirm --healthy-seconds``, with the real systemctl: on a machine where the
+    player's unit cannot be read as ready, the trial is not committed (exit 4)."""
+    updater, fake = system
+    updater.install(good_bundle(updater, fake, tmp_path))
+    firmware_boot(fake.slots, tryboot=True)
+    args = ["--boot-dir", str(updater.slots.boot_dir), "--cmdline", str(updater.slots.cmdline),
+            "--state-file", str(updater.state_file)]
+    assert cli.main(["update", "confirm", "--healthy-seconds", "5", "--ready-timeout", "0",
+                     *args]) == EXIT_INSTALL_FAILED
+    err = capsys.readouterr().err
+    assert "update confirm: slot B not confirmed: " in err and "slot A" in err
+    assert fake.slots.view().primary == "A" and record(updater).result == "installed"
