@@ -189,8 +189,8 @@ class Config:
     buffer_seconds: int = attrs.field(default=8, validator=_in_range(1, 60))
     formats: tuple[StreamFormat, ...] = attrs.field(default=DEFAULT_FORMATS, validator=_check_formats)
     stats: bool = False
-    # Encrypted Sendspin (Noise): "auto" = encrypted first, plaintext only with a server that
-    # does not speak Noise and holds no pairing with us; "required" = never plaintext;
+    # Encrypted Sendspin (Noise): "auto" = encrypted first, plaintext only as
+    # protocol/encryption_policy.py allows (no downgrade); "required" = never plaintext;
     # "off" = plaintext only (servers before aiosendspin 7).
     encryption: str = "auto"
     # "auto" with a pairing held: the only servers that may still talk plaintext (servers

@@ -5,9 +5,9 @@ recommended client port) and accepts WebSocket upgrades on ``/sendspin`` and
 ``/resonate`` (anything else gets HTTP 404).  Each accepted socket is handed over, in
 arrival order, on :attr:`Listener.incoming` as an :class:`IncomingConnection`: the
 interface of :class:`~resonate_embedded.protocol.connection.Connection` (``send_text``,
-``receive`` → ``Received``, ``close``) plus ``path``, ``dialect``, ``remote`` and ``host``.  The
-caller speaks first on it (``client/hello``; the spec has the client speak first
-whichever side dialled).
+``receive`` → ``Received``, ``close``) plus ``path``, ``dialect``, ``remote`` and
+``host``.  The caller speaks first on it (``client/hello``; the spec has the client speak
+first whichever side dialled).
 
 Guarantees: the listener never reads from or writes to a handed-over connection; the
 socket stays open until the consumer calls :meth:`IncomingConnection.close` (or leaves
