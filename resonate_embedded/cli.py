@@ -34,7 +34,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", default=None, help="print a live status line")
     p.add_argument("--encryption", choices=ENCRYPTION_MODES,
                    help="auto (default): encrypted first, plaintext only with servers that "
-                        "cannot encrypt; required: never plaintext; off: plaintext only")
+                        "cannot encrypt (once paired: only --plaintext-server ones); "
+                        "required: never plaintext; off: plaintext only")
+    p.add_argument("--plaintext-server", dest="plaintext_servers", action="append",
+                   metavar="HOST[:PORT]|URL",
+                   help="with --encryption auto and a pairing held: a server that may still "
+                        "talk plaintext (repeat for more; replaces plaintext_servers in --config)")
     p.add_argument("--unpaired-access", type=parse_on_off, metavar="on|off",
                    help="let servers that have not paired this speaker play on it (default on)")
     p.add_argument("--spoken-pairing-code", type=parse_on_off, metavar="on|off",
@@ -61,8 +66,8 @@ def make_config(args: argparse.Namespace, **overrides) -> Config:
     flags = {k: getattr(args, k, None) for k in (
         "server", "device", "name", "client_id", "volume", "state_dir", "dac_latency_us",
         "output_delay_ms", "period_us", "periods", "formats", "stats", "encryption",
-        "unpaired_access", "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
-        "mdns_interface")}
+        "plaintext_servers", "unpaired_access", "spoken_pairing_code", "listen_port", "discover",
+        "advertise_resonate", "mdns_interface")}
     flags.update(overrides)
     return build_config(file_values, flags)
 

@@ -77,6 +77,29 @@ def _check_formats(_inst: Any, _attr: Any, formats: tuple[StreamFormat, ...]) ->
             raise ConfigError("opus decodes to 16 bits only")
 
 
+def _check_plaintext_servers(_inst: Any, _attr: Any, value: Any) -> None:
+    from resonate_embedded.protocol.encryption_policy import parse_address
+
+    if not isinstance(value, tuple):
+        raise ConfigError(f"plaintext_servers={value!r}: must be a list of \"host\", "
+                          "\"host:port\" or \"ws://host:port/path\" entries")
+    for entry in value:
+        try:
+            parse_address(entry)
+        except ValueError as exc:
+            raise ConfigError(f"plaintext_servers: {exc}") from None
+
+
+def _is_ws_url(text: str) -> bool:
+    from resonate_embedded.protocol.encryption_policy import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError:
+        return False
+    return text.startswith(("ws://", "wss://"))
+
+
 def _in_range(lo: int, hi: int):
     def check(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -118,7 +141,7 @@ def _check_devices(_inst: Any, _attr: Any, value: Any) -> None:
                           "device paths (/dev/input/by-path/..., /dev/input/eventN)")
 
 
-def _to_led_names(value: Any) -> Any:
+def _to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -166,10 +189,14 @@ class Config:
     buffer_seconds: int = attrs.field(default=8, validator=_in_range(1, 60))
     formats: tuple[StreamFormat, ...] = attrs.field(default=DEFAULT_FORMATS, validator=_check_formats)
     stats: bool = False
-    # Encrypted Sendspin (Noise): "auto" = encrypted first, plaintext only with a server that
-    # does not speak Noise and holds no pairing with us; "required" = never plaintext;
+    # Encrypted Sendspin (Noise): "auto" = encrypted first, plaintext only as
+    # protocol/encryption_policy.py allows (no downgrade); "required" = never plaintext;
     # "off" = plaintext only (servers before aiosendspin 7).
     encryption: str = "auto"
+    # "auto" with a pairing held: the only servers that may still talk plaintext (servers
+    # that cannot encrypt), as "host", "host:port" or a ws:// URL; see encryption_policy.py.
+    plaintext_servers: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple,
+                                                     validator=_check_plaintext_servers)
     # Let servers that have not paired this speaker play on it (unpaired, Sentinel-keyed
     # sessions; the server's operator still has to approve the speaker).
     unpaired_access: bool = True
@@ -198,7 +225,7 @@ class Config:
                                                        validator=_check_devices)
     # Status light (resonate_embedded/light.py): LED class names under /sys/class/leds.
     led_status: str | None = None
-    led_rgb: tuple[str, str, str] | None = attrs.field(default=None, converter=_to_led_names)
+    led_rgb: tuple[str, str, str] | None = attrs.field(default=None, converter=_to_tuple)
     led_multicolor: str | None = attrs.field(default=None, validator=_check_leds)
     # Amplifier power (resonate_embedded/amplifier.py): the GPIO line that switches it (None:
     # no amplifier control), its active level, warm-up before the first sample (added to
@@ -235,7 +262,7 @@ class Config:
         _non_empty(self, attrs.fields(Config).name, self.name)
         _no_control_characters("name", self.name)
         _non_empty(self, attrs.fields(Config).device, self.device)
-        if self.server is not None and not self.server.startswith(("ws://", "wss://")):
+        if self.server is not None and not _is_ws_url(self.server):
             raise ConfigError(f"server={self.server!r}: must be a ws:// or wss:// URL")
         if self.encryption not in ENCRYPTION_MODES:
             raise ConfigError(f"encryption={self.encryption!r}: must be one of {', '.join(ENCRYPTION_MODES)}")

@@ -32,10 +32,10 @@ from resonate_embedded.pairing import PairingStore
 from resonate_embedded.protocol.connection import ConnectionClosed, connect
 from resonate_embedded.protocol.messages import ClientHello, DeviceInfo
 from resonate_embedded.protocol.noise_transport import (
-    FIRST_REPLY_TIMEOUT_S, HANDSHAKE_TIMEOUT_S, HandshakeFailed, InitRejected, NotNoiseServer,
-    client_handshake, make_resolver,
+    HandshakeFailed, InitRejected, NotNoiseServer, client_handshake, make_resolver,
 )
 from resonate_embedded.protocol.arbitration import Admission, Candidate
+from resonate_embedded.protocol import encryption_policy as policy
 from resonate_embedded.protocol.listener import IncomingConnection, open_listener
 from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
@@ -111,10 +111,9 @@ def _output_config(config: Config) -> OutputConfig:
 
 # What a SIGHUP can change without a restart, by the task that has to start again.
 _OUTPUT_KEYS = {"device", "period_us", "periods", "dac_latency_us"}
-_CONNECTION_KEYS = {"server", "name", "formats", "buffer_seconds", "encryption", "unpaired_access",
-                    "announcements",
-                    "spoken_pairing_code", "listen_port", "discover", "advertise_resonate",
-                    "mdns_interface", "client_id"}
+_CONNECTION_KEYS = {"server", "name", "formats", "buffer_seconds", "encryption",
+                    "plaintext_servers", "unpaired_access", "announcements", "spoken_pairing_code",
+                    "listen_port", "discover", "advertise_resonate", "mdns_interface", "client_id"}
 _NEEDS_RESTART = {"state_dir", "stats", "amp_gpio_chip", "amp_gpio_line", "amp_active_low",
                   "amp_warmup_ms", "amp_idle_off_s"}
 
@@ -152,6 +151,7 @@ class Player:
         self._supervisor = Supervisor()
         self._load_config = load_config
         self._learned: dict[str, str] = {}  # url → the dialect that answered last time
+        self._closed_after_init = policy.ClosedAfterInit()  # listening: plaintext next time
         self.connection_ready = trio.Event()  # see wait_ready; set by the connection task
 
     def hello(self, legacy_roles: bool = False) -> ClientHello:
@@ -401,47 +401,27 @@ class Player:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _one_session(self) -> None:
-        """One connection: the encrypted handshake first (spec), plaintext only with a server
-        that does not speak Noise, and never with one that holds a pairing with us."""
+        """One connection, encrypted or plaintext as the encryption policy decides
+        (``protocol/encryption_policy.py``: no downgrade once a pairing is held)."""
         url = self.config.server or await self._discover()
         if url is None:
             return
-        plaintext = self.config.encryption == "off"
-        legacy = False  # a server found not to speak Noise predates the newer roles
-        # Resonate servers (aioresonate) cannot encrypt: a /resonate URL, or one that answered
-        # in Resonate last time, skips the encrypted attempt (the policy still applies).
+        # Resonate servers (aioresonate) cannot encrypt: a /resonate URL, or one that
+        # answered in Resonate last time.
         resonate = (dialect_for(url) or self._learned.get(url)) == "resonate"
+        situation = policy.situation_for(self.config, self.pairings, "dial",
+                                         "resonate" if resonate else "sendspin",
+                                         policy.parse_address(url), url)
         try:
-            if resonate and not plaintext:
-                if self.config.encryption == "required" or self.pairings.knows_url(url):
-                    raise SessionRefused("a Resonate server cannot encrypt; no plaintext: "
-                                         + ("encryption is required"
-                                            if self.config.encryption == "required"
-                                            else "a paired server was reached at this address"))
-                plaintext = True
-            if not plaintext:
-                # A server we must not downgrade gets the full handshake timeout to answer;
-                # otherwise silence for a few seconds means "does not speak Noise".
-                no_fallback = self.config.encryption == "required" or self.pairings.knows_url(url)
-                async with connect(url) as raw:
-                    try:
-                        conn = await client_handshake(
-                            raw, self.identity, self._resolver,
-                            first_reply_timeout_s=HANDSHAKE_TIMEOUT_S if no_fallback else FIRST_REPLY_TIMEOUT_S)
-                    except NotNoiseServer as exc:
-                        if no_fallback:
-                            why = ("a paired server was reached at this address"
-                                   if self.pairings.knows_url(url) else "encryption is required")
-                            raise SessionRefused(f"{exc}; no plaintext fallback: {why}") from None
-                        log.warning("%s: server does not speak encrypted Sendspin (%s): "
-                                    "using plaintext", url, exc)
-                        plaintext = legacy = True
-                    else:
-                        if conn.psk_category == "lt":
-                            self.pairings.mark_used(conn.server_id, url)
-                        await self._run_session(conn, url)
-            if plaintext:
-                await self._plaintext_session(url, legacy)
+            decision = policy.decide(situation)
+            if decision.action is policy.Action.ENCRYPT:
+                decision = await self._dial_encrypted(url, situation, decision)
+            if decision.action is policy.Action.REFUSE:
+                raise SessionRefused(decision.reason)
+            if decision.action is policy.Action.PLAINTEXT:
+                log.info("%s: %s", url, decision.reason)
+                await self._plaintext_session(url, legacy_roles=not resonate and
+                                              situation.mode != "off")
         except* (SessionRefused, NoServerHello) as group:
             log.error("%s: %s", url, group.exceptions[0])
         except* InitRejected as group:
@@ -452,6 +432,21 @@ class Player:
             log.warning("connection to %s lost: %s", url, group.exceptions[0])
         finally:
             self.session = None
+
+    async def _dial_encrypted(self, url: str, situation: policy.Situation,
+                              plan: policy.Decision) -> policy.Decision:
+        """The encrypted session at ``url``; or, with a server that does not speak Noise,
+        what the policy says to do instead (the session ran: ``Action.ENCRYPT``)."""
+        async with connect(url) as raw:
+            try:
+                conn = await client_handshake(raw, self.identity, self._resolver,
+                                              first_reply_timeout_s=plan.first_reply_timeout_s)
+            except NotNoiseServer as exc:
+                return policy.decide(situation.after_init(exc.silent, str(exc)))
+            if conn.psk_category == "lt":
+                self.pairings.mark_used(conn.server_id, url)
+            await self._run_session(conn, url)
+        return plan  # ENCRYPT: the session ran
 
     @property
     def _mdns_interfaces(self) -> list[str] | None:
@@ -536,33 +531,29 @@ class Player:
                                                                         h.connection_reason))
 
     async def _secure_incoming(self, conn: IncomingConnection):
-        """The channel to speak on: Noise (``client/init`` first), or the plaintext socket for
-        a Resonate path or a server that leaves ``client/init`` unanswered (v1 servers drop
-        it and wait for ``client/hello`` on the same socket); None when refused.  A server
-        that holds a pairing with us is still turned away in plaintext, after its hello."""
-        policy = self.config.encryption
-        if conn.dialect == "resonate" or policy == "off":
-            if policy == "required":
-                log.warning("%s: refusing a Resonate connection: it cannot encrypt and "
-                            "encryption is required", conn.remote)
+        """The channel to speak on: Noise (``client/init`` first) or the plaintext socket, as
+        the encryption policy decides; None when refused (or plaintext only next time)."""
+        situation = policy.situation_for(self.config, self.pairings, "listen", conn.dialect,
+                                         (conn.host, None),
+                                         observed=self._closed_after_init.take(conn.host))
+        decision = policy.decide(situation)
+        if decision.action is policy.Action.ENCRYPT:
+            try:
+                return await client_handshake(
+                    conn, self.identity, self._resolver, keep_open_if_silent=decision.fallback,
+                    first_reply_timeout_s=decision.first_reply_timeout_s)
+            except NotNoiseServer as exc:
+                decision = policy.decide(situation.after_init(exc.silent, str(exc)))
+            except HandshakeFailed as exc:
+                log.warning("%s: encrypted handshake failed: %s", conn.remote, exc)
                 return None
+        if decision.action is policy.Action.PLAINTEXT:
+            log.info("%s: %s", conn.remote, decision.reason)
             return conn
-        try:
-            return await client_handshake(
-                conn, self.identity, self._resolver, keep_open_if_silent=policy != "required",
-                first_reply_timeout_s=HANDSHAKE_TIMEOUT_S if policy == "required"
-                else FIRST_REPLY_TIMEOUT_S)
-        except NotNoiseServer as exc:
-            if policy == "required" or not exc.still_open:
-                log.warning("%s: not an encrypted Sendspin server (%s)%s", conn.remote, exc,
-                            ": encryption is required" if policy == "required" else "")
-                return None
-            log.info("%s: server does not speak encrypted Sendspin (%s): plaintext",
-                     conn.remote, exc)
-            return conn
-        except HandshakeFailed as exc:
-            log.warning("%s: encrypted handshake failed: %s", conn.remote, exc)
-            return None
+        if decision.action is policy.Action.PLAINTEXT_NEXT_TIME:
+            self._closed_after_init.remember(conn.host)
+        log.warning("%s: %s", conn.remote, decision.reason)
+        return None
 
     async def _print_status(self) -> None:
         while True:

@@ -5,9 +5,9 @@ recommended client port) and accepts WebSocket upgrades on ``/sendspin`` and
 ``/resonate`` (anything else gets HTTP 404).  Each accepted socket is handed over, in
 arrival order, on :attr:`Listener.incoming` as an :class:`IncomingConnection`: the
 interface of :class:`~resonate_embedded.protocol.connection.Connection` (``send_text``,
-``receive`` → ``Received``, ``close``) plus ``path``, ``dialect`` and ``remote``.  The
-caller speaks first on it (``client/hello``; the spec has the client speak first
-whichever side dialled).
+``receive`` → ``Received``, ``close``) plus ``path``, ``dialect``, ``remote`` and
+``host``.  The caller speaks first on it (``client/hello``; the spec has the client speak
+first whichever side dialled).
 
 Guarantees: the listener never reads from or writes to a handed-over connection; the
 socket stays open until the consumer calls :meth:`IncomingConnection.close` (or leaves
@@ -43,11 +43,12 @@ DEFAULT_BACKLOG = 8
 class IncomingConnection(Connection):
     """A socket a server opened to us; ``Connection`` plus where it came in."""
 
-    def __init__(self, ws: WebSocketConnection, path: str, remote: str) -> None:
+    def __init__(self, ws: WebSocketConnection, path: str, remote: str, host: str) -> None:
         super().__init__(ws)
         self.path = path
         self.dialect: Dialect = PATHS[path]
         self.remote = remote
+        self.host = host  # the dialling server's IP address
         self._released = trio.Event()
 
     async def receive(self) -> Received:
@@ -105,7 +106,7 @@ async def open_listener(port: int = DEFAULT_CLIENT_PORT, host: str = "0.0.0.0", 
             await request.reject(404)
             return
         ws = await request.accept()
-        conn = IncomingConnection(ws, path, str(request.remote))
+        conn = IncomingConnection(ws, path, str(request.remote), str(request.remote.address))
         try:
             send.send_nowait(conn)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

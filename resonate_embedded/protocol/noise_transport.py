@@ -89,12 +89,13 @@ class InitRejected(HandshakeFailed):
 class NotNoiseServer(Exception):
     """The server did not answer ``client/init`` the way a Noise-speaking server does.
 
-    ``still_open``: the server said nothing at all and the socket was left open, so the
-    plaintext hello may follow on it."""
+    ``silent``: the server said nothing at all; ``still_open``: and the socket was left
+    open, so the plaintext hello may follow on it."""
 
-    def __init__(self, why: str, still_open: bool = False) -> None:
+    def __init__(self, why: str, silent: bool = False) -> None:
         super().__init__(why)
-        self.still_open = still_open
+        self.silent = silent
+        self.still_open = silent
 
 
 class ChannelBroken(ConnectionClosed):
@@ -347,7 +348,7 @@ async def _first_reply(conn: Connection, timeout_s: float) -> str:
         except HandshakeFailed as exc:
             raise NotNoiseServer(f"answered client/init with {exc}") from None
         return received.data
-    raise NotNoiseServer(f"no answer to client/init within {timeout_s:g} s", still_open=True)
+    raise NotNoiseServer(f"no answer to client/init within {timeout_s:g} s", silent=True)
 
 
 # --------------------------------------------------------------------------- transport

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
 from resonate_embedded.bench import harness
 from resonate_embedded.bench.harness import (
     decode_frame_index, find_server_python, index_samples_for, index_signal, requires_venv,
 )
 from resonate_embedded.bench.measure import ChunkTable, match
+from resonate_embedded.bench.mitm import Mitm
 from resonate_embedded.bench.scenario import Scenario, run_scenario, stop_process
 from resonate_embedded.identity import b64url_encode
 from resonate_embedded.paced.log import read_paced_log
@@ -612,47 +612,6 @@ def test_plays_bit_exact_from_sendspin_serve_with_no_extra_flags(tmp_path):
 
 
 # ======================================================================== man in the middle
-
-
-class Mitm:
-    """A WebSocket proxy player <-> real server that lets a test tamper with frames."""
-
-    def __init__(self, upstream: str, tamper) -> None:
-        self.upstream = upstream
-        self.tamper = tamper  # (direction, index, message, conn_no) -> message | None | list
-        self.connections = 0
-
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await serve_websocket(self._handle, "127.0.0.1", 0, ssl_context=None, task_status=task_status,
-                              max_message_size=4 << 20)
-
-    async def _handle(self, request) -> None:
-        down = await request.accept()
-        self.connections += 1
-        conn_no = self.connections
-        try:
-            async with open_websocket_url(self.upstream, max_message_size=4 << 20) as up:
-                async with trio.open_nursery() as n:
-                    n.start_soon(self._pump, down, up, "c2s", conn_no, n.cancel_scope)
-                    n.start_soon(self._pump, up, down, "s2c", conn_no, n.cancel_scope)
-        except (ConnectionClosed, OSError):
-            pass
-        finally:
-            await down.aclose()
-
-    async def _pump(self, src, dst, direction, conn_no, scope) -> None:
-        i = 0
-        try:
-            while True:
-                msg = await src.get_message()
-                out = self.tamper(direction, i, msg, conn_no)
-                i += 1
-                for m in (out if isinstance(out, list) else [out]):
-                    if m is not None:
-                        await dst.send_message(m)
-        except ConnectionClosed:
-            pass
-        scope.cancel()
 
 
 def _flip_bit(msg):

@@ -29,6 +29,7 @@ from resonate_embedded.bench.harness import (
     find_server_python, missing_venv_reason, requires_venv, start_test_server,
 )
 from resonate_embedded.bench.measure import ChunkTable, Matched, match, summarize
+from resonate_embedded.bench.mitm import CLOSE, Mitm
 from resonate_embedded.bench.scenario import stop_process
 from resonate_embedded.paced.log import read_paced_log
 
@@ -268,6 +269,46 @@ def test_legacy_servers_dial_the_listener_and_play_bit_exact(tmp_path, which):
     assert "server connected from" in log
     if which == "sendspin2":
         assert "does not speak encrypted Sendspin" in log
+
+
+@requires_venv(S1_PYTHON, ".venv-sendspin2")
+def test_a_dialling_server_that_closes_after_client_init_gets_plaintext_next_time(tmp_path):
+    """Server-initiated, a server that closes the socket when ``client/init`` arrives
+    (aiosendspin 5.x/6.x cannot parse it): the real aiosendspin 2.x dials the player through
+    a proxy that closes both sides at ``client/init`` as those releases do; the server redials
+    and that connection is answered in plaintext: bit-exact and on time."""
+    port = free_port()
+    closed_at_init: list[int] = []
+
+    def close_at_init(_direction: str, _index: int, msg, conn_no: int):
+        if isinstance(msg, str) and '"client/init"' in msg:
+            closed_at_init.append(conn_no)
+            return CLOSE
+        return msg
+
+    async def main():
+        async with start_test_server(S1_PYTHON, port=0, script=SENDSPIN_V1_SCRIPT) as srv, \
+                trio.open_nursery() as nursery:
+            proxy = Mitm(f"ws://127.0.0.1:{port}/sendspin", close_at_init)
+            proxy_port = (await nursery.start(proxy.serve)).port
+
+            async def dial(srv: TestServer) -> None:
+                await wait_listening(port)
+                await srv.command({"cmd": "connect_to_client",
+                                   "url": f"ws://127.0.0.1:{proxy_port}/sendspin"})
+
+            events = await play(srv, tmp_path, ["--listen-port", str(port)], before_start=dial)
+            nursery.cancel_scope.cancel()
+            return srv.ready, events, proxy.connections
+
+    ready, events, connections = trio.run(main)
+    assert closed_at_init == [1] and connections >= 2
+    assert_played_on_time(events, tmp_path, raw_minus_server_us(ready))
+    log = (tmp_path / "player.log").read_text()
+    assert ("closed the connection after client/init: not an encrypted Sendspin server: "
+            "plaintext on its next connection") in log
+    assert ("it closed the connection after client/init last time: the server does not speak "
+            "encrypted Sendspin: using plaintext") in log
 
 
 @requires_venv(S10_PYTHON, ".venv-server")

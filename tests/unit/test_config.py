@@ -72,3 +72,24 @@ def test_connection_mode_settings():
         build_config({}, {"server": "ws://h:8927/sendspin", "discover": True})
     with pytest.raises(ConfigError, match="discover"):
         build_config({}, {"discover": "yes"})
+
+
+def test_plaintext_servers_from_toml_and_flags(tmp_path: Path):
+    import argparse
+
+    from resonate_embedded.cli import _run_flags, make_config
+
+    f = tmp_path / "c.toml"
+    f.write_text('[player]\nplaintext_servers = ["192.168.1.10", "ws://10.0.0.5:8927/sendspin"]\n')
+    parser = argparse.ArgumentParser()
+    _run_flags(parser)
+    from_file = make_config(parser.parse_args(["--config", str(f)]))
+    assert from_file.plaintext_servers == ("192.168.1.10", "ws://10.0.0.5:8927/sendspin")
+    flags = parser.parse_args(["--config", str(f), "--plaintext-server", "10.0.0.9:8927",
+                               "--plaintext-server", "10.0.0.8"])
+    assert make_config(flags).plaintext_servers == ("10.0.0.9:8927", "10.0.0.8")
+    with pytest.raises(ConfigError, match=r"plaintext_servers: 'http://x': a URL must be ws://"):
+        make_config(parser.parse_args(["--plaintext-server", "http://x"]))
+    f.write_text('[player]\nplaintext_servers = "10.0.0.5"\n')
+    with pytest.raises(ConfigError, match="must be a list"):
+        make_config(parser.parse_args(["--config", str(f)]))
