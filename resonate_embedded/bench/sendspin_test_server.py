@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Real Sendspin test server: aiosendspin 10.x driven over stdin/stdout JSON lines.
+"""Real Sendspin test server: aiosendspin 5.x-10.x driven over stdin/stdout JSON lines.
+
+What differs between those releases is read from the installed one by ``server_era.py``.
 
 Run with the Python 3.12 venv made by ``setup_server_venv.sh`` (it must NOT import
 anything from resonate_embedded)::
@@ -39,15 +41,11 @@ from typing import Any
 
 import numpy as np
 from aiosendspin.models.types import AudioCodec, ConnectionReason, PlayerCommand
-from aiosendspin.noise import Identity, InMemoryServerPairingStore
 from aiosendspin.server import (
     AudioFormat,
     ClientAddedEvent,
-    ClientConnectedEvent,
-    ClientDisconnectedEvent,
     ClientRemovedEvent,
     ClientUpdatedEvent,
-    OutputDelayChangedEvent,
     SendspinServer,
     VolumeChangedEvent,
 )
@@ -56,6 +54,10 @@ from aiosendspin.server import server as _server_mod
 from aiosendspin.server.connection import SendspinConnection
 from aiosendspin.server.push_stream import StreamStoppedError
 from aiosendspin.server.roles.player.v1 import PlayerV1Role
+from server_era import (
+    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_COMMANDS, DELAY_EVENT, delay_ms,
+    delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
+)
 
 _LOGGER = logging.getLogger("sendspin_test_server")
 
@@ -291,7 +293,7 @@ def install_role_hooks() -> None:
                         "late_drop",
                         client_id=_role_client_id(role),
                         ts_us=entry.timestamp_us,
-                        late_by_us=now - (entry.timestamp_us - role.get_output_delay_us()),
+                        late_by_us=now - (entry.timestamp_us - delay_us(role)),
                     )
             return dropped
 
@@ -304,15 +306,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def disable_mdns() -> None:
-    """Make start_server() skip zeroconf entirely (it treats OSError as 'no mDNS')."""
-
-    def _no_zeroconf(*_a: Any, **_kw: Any) -> Any:
-        raise OSError("mDNS disabled by the Sendspin test harness")
-
-    _server_mod.AsyncZeroconf = _no_zeroconf  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------
@@ -689,19 +682,13 @@ class Harness:
     async def start(self) -> None:
         mdns = self.args.mdns or self.args.advertise or self.args.discover_clients
         if not mdns:
-            disable_mdns()
+            disable_mdns(_server_mod)
         WIRE_PROBE.install()
         install_role_hooks()
-        if self.args.approve_unpaired:
+        if self.args.approve_unpaired and hasattr(SendspinConnection, "_reload_trusted_unpaired"):
             approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
-        self.server = SendspinServer(
-            self.loop,
-            identity=Identity.generate(),
-            server_name=self.args.name,
-            pairing_store=InMemoryServerPairingStore(),
-            allow_unencrypted=True,
-        )
+        self.server = make_server(self.loop, self.args.name, self.args.server_id)
         self.server.add_event_listener(self._on_server_event)
         port = self.args.port
         if port == 0 and self.args.advertise:
@@ -754,9 +741,9 @@ class Harness:
                 if rm is not None:
                     rm()
                 emit("client_removed", client_id=event.client_id)
-            elif isinstance(event, ClientConnectedEvent):
+            elif isinstance(event, CLIENT_CONNECTED):
                 emit("client_connected", client_id=event.client_id)
-            elif isinstance(event, ClientDisconnectedEvent):
+            elif isinstance(event, CLIENT_DISCONNECTED):
                 reason = event.goodbye_reason
                 emit(
                     "client_disconnected",
@@ -794,7 +781,7 @@ class Harness:
                     "volume": role.volume,
                     "muted": role.muted,
                     "supported_commands": [c.value for c in role.state_supported_commands],
-                    "output_delay_ms": role.output_delay_ms,
+                    "output_delay_ms": delay_ms(role),
                     "min_buffer_ms": role.min_buffer_ms,
                     "required_lead_time_ms": role.required_lead_time_ms,
                 }
@@ -810,9 +797,9 @@ class Harness:
                 if isinstance(event, VolumeChangedEvent):
                     emit("volume_changed", client_id=c.client_id, volume=event.volume,
                          muted=event.muted)
-                elif isinstance(event, OutputDelayChangedEvent):
+                elif isinstance(event, DELAY_EVENT):
                     emit("output_delay_changed", client_id=c.client_id,
-                         output_delay_ms=event.output_delay_ms)
+                         output_delay_ms=event_delay_ms(event))
             except Exception as err:  # noqa: BLE001
                 emit("error", message=f"client event handler failed: {err!r}")
 
@@ -1050,9 +1037,8 @@ class Harness:
                 sent[client.client_id] = False
                 continue
             declared = command in role.state_supported_commands
-            if command is PlayerCommand.SET_OUTPUT_DELAY:
-                legacy = PlayerCommand.SET_STATIC_DELAY in role.state_supported_commands
-                declared = declared or legacy
+            if command is DELAY_COMMAND:
+                declared = any(c in role.state_supported_commands for c in DELAY_COMMANDS)
             if declared:
                 send(role)
             sent[client.client_id] = declared
@@ -1078,8 +1064,7 @@ class Harness:
         ms = int(cmd["ms"])
         if not 0 <= ms <= 5000:
             raise CommandError("ms must be 0..5000")
-        return await self._player_command(cmd, PlayerCommand.SET_OUTPUT_DELAY,
-                                          lambda r: r.set_output_delay(ms))
+        return await self._player_command(cmd, DELAY_COMMAND, lambda r: set_delay(r, ms))
 
     async def cmd_join(self, cmd: dict[str, Any]) -> dict[str, Any]:
         cid = cmd.get("client_id")
@@ -1278,6 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wire-events", action="store_true",
                    help="emit a wire_chunk event for every audio chunk handed to a player")
     p.add_argument("--mdns", action="store_true", help="allow zeroconf (off by default)")
+    p.add_argument("--server-id", default="sendspin-era-test",
+                   help="server id of the releases before Noise (later ones derive it from a key)")
     p.add_argument("--no-approve-unpaired", dest="approve_unpaired", action="store_false",
                    help="leave encrypted unpaired clients unapproved (no roles) until paired")
     p.add_argument("--advertise", action="store_true",
