@@ -56,7 +56,7 @@ from aiosendspin.server.push_stream import StreamStoppedError
 from aiosendspin.server.roles.player.v1 import PlayerV1Role
 from server_era import (
     CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_COMMANDS, DELAY_EVENT, delay_ms,
-    delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
+    WireTruth, delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
 )
 
 _LOGGER = logging.getLogger("sendspin_test_server")
@@ -207,6 +207,7 @@ class _WireTimestampProbe:
 
 WIRE_PROBE = _WireTimestampProbe()
 WIRE_EVENTS = {"enabled": False}
+WIRE_TRUTH = WireTruth()
 
 
 def _role_client_id(role: Any) -> str | None:
@@ -226,6 +227,7 @@ def install_role_hooks() -> None:
             after = getattr(self, "_last_sent_format", None)
             if after is not None and (after != before or not was_started):
                 codec, rate, channels, bits, header = after
+                WIRE_TRUTH.stream_started(_role_client_id(self))
                 emit(
                     "player_stream_start",
                     client_id=_role_client_id(self),
@@ -269,6 +271,8 @@ def install_role_hooks() -> None:
 
         def on_audio_chunk(self: Any, chunk: Any) -> None:
             orig_chunk(self, chunk)
+            if WIRE_TRUTH.enabled and getattr(self, "_stream_started", False):
+                WIRE_TRUTH.chunk(self, chunk, _role_client_id(self), emit)
             if WIRE_EVENTS["enabled"] and getattr(self, "_stream_started", False):
                 emit(
                     "wire_chunk",
@@ -562,7 +566,8 @@ class StreamSession:
         self.last_end_ts = wire_ts + dur
         self.next_frame += frames
         self.seq += 1
-        emit("chunk", **ev)
+        if not WIRE_TRUTH.enabled:
+            emit("chunk", **ev)
 
     def _note_external_stop(self) -> None:
         """Report a stream that aiosendspin stopped on its own (e.g. the group emptied)."""
@@ -688,6 +693,7 @@ class Harness:
         if self.args.approve_unpaired and hasattr(SendspinConnection, "_reload_trusted_unpaired"):
             approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
+        WIRE_TRUTH.enabled = bool(self.args.wire_truth)
         self.server = make_server(self.loop, self.args.name, self.args.server_id)
         self.server.add_event_listener(self._on_server_event)
         port = self.args.port
@@ -1260,6 +1266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="Sendspin Test Server")
     p.add_argument("--lead-ms", type=float, default=1500.0,
                    help="max_buffer for sleep_to_limit_buffer in realtime mode (default 1500)")
+    p.add_argument("--wire-truth", action="store_true",
+                   help="chunk events from what each player is sent (PCM), not from commit_audio()")
     p.add_argument("--wire-events", action="store_true",
                    help="emit a wire_chunk event for every audio chunk handed to a player")
     p.add_argument("--mdns", action="store_true", help="allow zeroconf (off by default)")

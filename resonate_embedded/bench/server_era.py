@@ -83,3 +83,31 @@ def disable_mdns(server_module: Any) -> None:
     for name in ("_start_mdns_advertising", "_start_mdns_discovery"):
         if hasattr(SendspinServer, name):
             setattr(SendspinServer, name, _NoZeroconf().__getattr__(name))
+
+
+class WireTruth:
+    """``chunk`` events taken from what each player is sent (PCM only), for the releases
+    whose ``commit_audio()`` timestamp is not the wire's (9.x rebases its commit timeline
+    while the players' timeline runs on).  The frame index K of a chunk is the count of
+    frames sent to that player since its last ``stream/start``."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._next: dict[str, int] = {}
+        self._seq = 0
+
+    def stream_started(self, client_id: str | None) -> None:
+        self._next[str(client_id)] = 0
+
+    def chunk(self, role: Any, chunk: Any, client_id: str | None, emit: Any) -> None:
+        fmt = getattr(role, "_last_sent_format", None)
+        if fmt is None or getattr(fmt[0], "value", fmt[0]) != "pcm":
+            return
+        _codec, rate, channels, bits, _header = fmt
+        frames = chunk.byte_count // (channels * bits // 8)
+        first = self._next.get(str(client_id), 0)
+        self._next[str(client_id)] = first + frames
+        emit("chunk", seq=self._seq, server_ts_us=chunk.timestamp_us, first_frame=first,
+             frames=frames, client_id=client_id,
+             format={"sample_rate": rate, "bit_depth": bits, "channels": channels})
+        self._seq += 1
