@@ -55,7 +55,7 @@ from aiosendspin.server.connection import SendspinConnection
 from aiosendspin.server.push_stream import StreamStoppedError
 from aiosendspin.server.roles.player.v1 import PlayerV1Role
 from server_era import (
-    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_COMMANDS, DELAY_EVENT, delay_ms,
+    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_EVENT, declares, delay_ms,
     WireTruth, delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
 )
 
@@ -434,7 +434,8 @@ class StreamSession:
     # -- public API used by command handlers ------------------------------------------
     def start(self) -> None:
         self.stream = self.group.start_stream()
-        self.stream.set_live_source(self.live)
+        if hasattr(self.stream, "set_live_source"):  # 6.x on; 5.x treats every source alike
+            self.stream.set_live_source(self.live)
         self.task = asyncio.get_running_loop().create_task(self._run(), name="harness-stream")
 
     async def call_between_commits(self, fn: Callable[[], Any]) -> Any:
@@ -1042,15 +1043,13 @@ class Harness:
             if role is None:
                 sent[client.client_id] = False
                 continue
-            declared = command in role.state_supported_commands
-            if command is DELAY_COMMAND:
-                declared = any(c in role.state_supported_commands for c in DELAY_COMMANDS)
+            declared = declares(client, role, command)
             if declared:
                 send(role)
             sent[client.client_id] = declared
         if not any(sent.values()):
             raise CommandError(
-                f"no target client declared {command.value!r} in client/state supported_commands"
+                f"no target client declared {command.value!r} where this release looks for it"
                 f" ({sent})"
             )
         return {"sent": sent}

@@ -111,3 +111,15 @@ class WireTruth:
              frames=frames, client_id=client_id,
              format={"sample_rate": rate, "bit_depth": bits, "channels": channels})
         self._seq += 1
+
+
+def declares(client: Any, role: Any, command: Any) -> bool:
+    """Whether the player declared ``command`` where this release looks for it: any delay
+    command in ``client/state``; volume/mute in ``client/state`` (10.x) or in the hello's
+    player support (up to 9.x)."""
+    if command in DELAY_COMMANDS:
+        return any(c in role.state_supported_commands for c in DELAY_COMMANDS)
+    if OUTPUT_NAMING:
+        return command in role.state_supported_commands
+    support = client.info.player_support
+    return support is not None and command in (support.supported_commands or [])

@@ -113,16 +113,17 @@ def refused(profile: ServerProfile, shape: str, evidence: str, now_s: float) -> 
     return ServerProfile(said_shape, gone, evidence, now_s if all_refused else None)
 
 
-def shape_player(shape: str, player: PlayerState) -> PlayerState:
-    """``player`` as the era of ``shape`` accepts it (delay key, declared commands)."""
+def shape_player(shape: str, player: PlayerState, delay_ms: int) -> PlayerState:
+    """``player`` (full or delta) as the era of ``shape`` accepts it: delay key, declared
+    commands; the static shape always carries the delay (``delay_ms`` when ``player`` has
+    none), as 5.x reads a missing ``static_delay_ms`` as 0."""
     if shape == CURRENT:
-        commands = CURRENT_COMMANDS
-        key = "output_delay_ms"
-    else:
-        commands = STATIC_COMMANDS
-        key = "static_delay_ms"
-    return attrs.evolve(player, delay_key=key,
-                        supported_commands=None if player.supported_commands is None else commands)
+        return attrs.evolve(player, delay_key="output_delay_ms", supported_commands=(
+            None if player.supported_commands is None else CURRENT_COMMANDS))
+    return attrs.evolve(
+        player, delay_key="static_delay_ms",
+        output_delay_ms=delay_ms if player.output_delay_ms is None else player.output_delay_ms,
+        supported_commands=None if player.supported_commands is None else STATIC_COMMANDS)
 
 
 class ProfileKeeper:
@@ -174,6 +175,7 @@ class ProfileKeeper:
         sent = self._sent_local_us
         if sent is None or local_us - sent > REFUSAL_WINDOW_US:
             return
+        self._sent_local_us = None
         what = f"our client/state {self._sent_text[:300]}"
         profile = refused(self.profile, self.shape, f"closed the connection ({reason}) right after "
                           + what, time.time())

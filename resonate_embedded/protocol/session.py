@@ -141,6 +141,13 @@ class Session:
     async def serve(self) -> None:
         """Clock sync, writer events and the receive loop, until the connection closes.
         A pairing the activation asked for starts here, once the connection is admitted."""
+        try:
+            await self._serve()
+        except* ConnectionClosed as group:  # the close surfaced in a send (clock sync, ...)
+            self._closed(group.exceptions[0].reason)
+            raise
+
+    async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._clock.run, self._conn.send_text, self._time_replies)
@@ -158,6 +165,10 @@ class Session:
                 if self._roles is not None:
                     self._roles.clear()
                 await self._stop_announcement()
+
+    def _closed(self, reason) -> None:
+        if self._era is not None:
+            self._era.closed(str(reason), local_now_us())
 
     async def send_controller_commands(self, commands) -> None:
         """``client/command`` for each (controller role active; nothing otherwise)."""
@@ -329,7 +340,8 @@ class Session:
             supported_commands=CURRENT_COMMANDS))
 
     def _shaped(self, player: PlayerState) -> PlayerState:
-        return shape_player(self._era.shape if self._era is not None else CURRENT, player)
+        return shape_player(self._era.shape if self._era is not None else CURRENT, player,
+                            self._state.output_delay_ms)
 
     async def _initial_state_when_synced(self) -> None:
         """Spec: a player reports ``available: true`` once its clock is synchronised (we wait
@@ -356,8 +368,7 @@ class Session:
                     received = await self._conn.receive()
             except ConnectionClosed as exc:
                 log.warning("connection closed: %s", exc.reason)
-                if self._era is not None:
-                    self._era.closed(str(exc.reason), local_now_us())
+                self._closed(exc.reason)
                 return
             if silence.cancelled_caught:
                 log.warning("nothing from the server for %.0f s: closing the connection",
@@ -707,7 +718,7 @@ class Session:
             if self._era is not None:
                 self._era.delay_named(cmd.delay_key)
             self._state.output_delay_ms = cmd.output_delay_ms
-            delta = self._shaped(PlayerState(output_delay_ms=cmd.output_delay_ms))
+            delta = PlayerState(output_delay_ms=cmd.output_delay_ms)
             to_writer = SetOutputDelay(cmd.output_delay_ms * 1000)
         else:
             log.error("ignoring server command %r without a usable value", cmd.command)
@@ -719,7 +730,7 @@ class Session:
         elif self._secure:  # current spec: every client/state carries the full player object
             await self._conn.send_text(self._full_state("synchronized").to_json())
         else:
-            await self._send_state(ClientState(player=delta))
+            await self._send_state(ClientState(player=self._shaped(delta)))
 
     async def _on_binary(self, frame: bytes) -> None:
         if frame and frame[0] == ANNOUNCEMENT_BINARY and self._announcement_active():
