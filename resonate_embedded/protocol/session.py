@@ -27,9 +27,11 @@ from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
 from resonate_embedded.clock.sync import ClockSync, TimeReply
 from resonate_embedded.log_limit import LogLimiter
-from resonate_embedded.protocol.activation import Security, activities_allowed, admissible
+from resonate_embedded.protocol.activation import (
+    Security, activities_allowed, pairing_acceptable, refusal_reason,
+)
 from resonate_embedded.protocol.binary import BinaryFrameError, parse_audio_frame
-from resonate_embedded.protocol.connection import Connection, ConnectionClosed
+from resonate_embedded.protocol.connection import Connection, ConnectionClosed, send_last_words
 from resonate_embedded.protocol.messages import (
     ClientHello, ClientState, GroupUpdate, PairAbort, PlayerState, ProtocolError, SecureServerHello,
     ServerActivate, ServerCommand, ServerError, ServerHello, ServerPairFinalize, ServerPairStep,
@@ -223,21 +225,12 @@ class Session:
         self._deferred_pairing = None
         self._end_pairing_attempt()
         await self._stop_speaking()
-        await self._send_last_words(pair_abort_json(reason))
+        await send_last_words(self._conn, pair_abort_json(reason))
 
     async def goodbye(self, reason: str) -> None:
         if self._resonate:
             return  # Resonate has no client/goodbye
-        await self._send_last_words(client_goodbye_json(reason))
-
-    async def _send_last_words(self, text: str) -> None:
-        """Send ``text`` before closing: at most 1 s, even when cancelled; a dead socket is fine."""
-        with trio.move_on_after(1.0) as scope:
-            scope.shield = True
-            try:
-                await self._conn.send_text(text)
-            except (ConnectionClosed, trio.BrokenResourceError, OSError):
-                pass
+        await send_last_words(self._conn, client_goodbye_json(reason))
 
     async def _handshake(self, server_hello: ServerHello | None = None) -> ServerHello:
         if server_hello is not None:
@@ -468,13 +461,8 @@ class Session:
         else:
             roles = ()
         has_roles = bool(roles)
-        if msg.unknown_activities or not admissible(category, activities, has_roles, unpaired_access):
-            if (not msg.unknown_activities and category != "lt" and not unpaired_access
-                    and admissible(category, activities, has_roles, True)
-                    and ("pairing" not in activities or self._pairing_acceptable(msg))):
-                reason = "pairing_required"
-            else:
-                reason = "unauthorized"
+        reason = refusal_reason(msg, category, has_roles, unpaired_access, self._pairing_acceptable(msg))
+        if reason is not None:
             log.error("server/activate %s roles %s not allowed on a %s-PSK session "
                       "(unpaired access %s): closing with %s", sorted(msg.activities), list(roles),
                       category, "on" if unpaired_access else "off", reason)
@@ -505,14 +493,8 @@ class Session:
                 await self._start_pairing(msg)
 
     def _pairing_acceptable(self, msg: ServerActivate) -> bool:
-        """Spec: pairing_psk if and only if the matched PSK is the pairing PSK; otherwise only a
-        method (and format) this speaker offers: the Dynamic Pairing Code in digits."""
-        category = self._conn.psk_category
-        if msg.pairing_method == "pairing_psk":
-            return category == "pr"
         spoken = self._security is not None and self._security.spoken_code
-        return (msg.pairing_method == "dynamic_pairing_code" and spoken and category != "pr"
-                and msg.pairing_format == "digits")
+        return pairing_acceptable(msg, self._conn.psk_category, spoken)
 
     async def _start_pairing(self, msg: ServerActivate) -> None:
         self._pairing_index += 1
