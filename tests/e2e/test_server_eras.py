@@ -96,9 +96,10 @@ def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era
     result = trio.run(run_scenario, sc, tmp_path, during, era.python)
     out = result.player_output
     assert result.player_exit == 0, out[-3000:]
-    assert result.log.xruns_ns == [], "underrun"
-
     m = result.matched
+    # A plaintext server may start the stream before the first clock sync (it registers the
+    # player on its first client/state): the device may run dry once before the aligned start.
+    assert [t for t in result.log.xruns_ns if t >= m.play_ns[0]] == [], "underrun while playing"
     nominal = m.play_ns < marks.get("delay_ns", marks["volume_ns"])
     assert nominal.sum() > 48000, f"only {nominal.sum()} frames identified before any change"
     assert m.bit_exact[nominal].all(), f"{(~m.bit_exact[nominal]).sum()} frames not bit-exact"
