@@ -176,7 +176,7 @@ class ProfileKeeper:
         if sent is None or local_us - sent > REFUSAL_WINDOW_US:
             return
         self._sent_local_us = None
-        what = f"our client/state {self._sent_text[:300]}"
+        what = f"our {self.shape}-shaped client/state {self._sent_text[:300]}"
         profile = refused(self.profile, self.shape, f"closed the connection ({reason}) right after "
                           + what, time.time())
         self._keep(profile)
@@ -185,9 +185,9 @@ class ProfileKeeper:
             log.error("server %s refused our client/state in every shape: %s", self.server_id,
                       profile.summary(time.time()))
         else:
-            log.warning("server %s closed the connection (%s) right after %s-shaped %s: it likely "
+            log.warning("server %s closed the connection (%s) right after %s: it likely "
                         "rejected a field its release does not know; the next connection sends "
-                        "the %s shape", self.server_id, reason, self.shape, what, nxt)
+                        "the %s shape", self.server_id, reason, what, nxt)
 
 
 def held_off(raw: Any, now_s: float) -> tuple[float, str | None]:

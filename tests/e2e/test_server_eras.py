@@ -129,7 +129,7 @@ def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era
         (profile,) = profiles.values()
         assert profile["refused"] == ["current"], profile
         assert profile["said_shape"] == "static", profile  # its set_static_delay said so
-        assert "right after current-shaped our client/state" in out
+        assert "right after our current-shaped client/state" in out
         assert out.count("refused our client/state in every shape") == 0
     else:
         assert all(not p["refused"] for p in profiles.values()), profiles
