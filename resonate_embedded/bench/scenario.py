@@ -113,7 +113,6 @@ for an unpaired Noise client until the server calls trust_unpaired() (the operat
 "approve this speaker"); this does that for every such connection. Plaintext clients
 are not affected.
 """
-import os
 import runpy
 import sys
 
@@ -131,7 +130,6 @@ async def _reload_trusted_unpaired(self):
 SendspinConnection._reload_trusted_unpaired = _reload_trusted_unpaired
 args = [a for a in sys.argv[1:] if a != "-u"]
 sys.argv = args
-sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))  # as for the script itself
 runpy.run_path(args[0], run_name="__main__")
 '''
 

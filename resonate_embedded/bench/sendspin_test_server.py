@@ -54,7 +54,9 @@ from aiosendspin.server import server as _server_mod
 from aiosendspin.server.connection import SendspinConnection
 from aiosendspin.server.push_stream import StreamStoppedError
 from aiosendspin.server.roles.player.v1 import PlayerV1Role
-from server_era import (
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also when a wrapper loads us
+from server_era import (  # noqa: E402
     CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_EVENT, declares, delay_ms,
     WireTruth, delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
 )
@@ -695,7 +697,7 @@ class Harness:
             approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
         WIRE_TRUTH.enabled = bool(self.args.wire_truth)
-        self.server = make_server(self.loop, self.args.name, self.args.server_id)
+        self.server = make_server(SendspinServer, self.loop, self.args.name, self.args.server_id)
         self.server.add_event_listener(self._on_server_event)
         port = self.args.port
         if port == 0 and self.args.advertise:

@@ -34,14 +34,15 @@ CLIENT_DISCONNECTED = getattr(_server_pkg, "ClientDisconnectedEvent", _Never)
 HAS_NOISE = "identity" in SendspinServer.__init__.__code__.co_varnames
 
 
-def make_server(loop: asyncio.AbstractEventLoop, name: str, server_id: str) -> SendspinServer:
-    """A server of the installed release that also accepts plaintext clients."""
+def make_server(server_cls: type, loop: asyncio.AbstractEventLoop, name: str, server_id: str) -> Any:
+    """A ``server_cls`` (SendspinServer or a subclass) of the installed release that also
+    accepts plaintext clients."""
     if not HAS_NOISE:
-        return SendspinServer(loop, server_id, name)
+        return server_cls(loop, server_id, name)
     from aiosendspin.noise import Identity, InMemoryServerPairingStore
 
-    return SendspinServer(loop, identity=Identity.generate(), server_name=name,
-                          pairing_store=InMemoryServerPairingStore(), allow_unencrypted=True)
+    return server_cls(loop, identity=Identity.generate(), server_name=name,
+                      pairing_store=InMemoryServerPairingStore(), allow_unencrypted=True)
 
 
 def delay_ms(role: Any) -> int:
