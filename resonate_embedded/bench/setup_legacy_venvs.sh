@@ -4,10 +4,10 @@
 #   .venv-resonate   aioresonate 0.13.2     (Resonate dialect "R";   resonate_test_server.py)
 #   .venv-sendspin1  aiosendspin 1.x        (Sendspin "S1a";         sendspin_v1_test_server.py)
 #   .venv-sendspin2  aiosendspin 2.x        (Sendspin v1 "S1";       sendspin_v1_test_server.py)
-#   .venv-sendspin5  aiosendspin 5.x        (static delay;           sendspin_era_test_server.py)
-#   .venv-sendspin6  aiosendspin 6.x        (+ lead time, send_ahead; sendspin_era_test_server.py)
-#   .venv-sendspin7  aiosendspin 7.x        (+ Noise, plaintext too; sendspin_era_test_server.py)
-#   .venv-sendspin9  aiosendspin 9.x        (last before the rename; sendspin_era_test_server.py)
+#   .venv-sendspin5  aiosendspin 5.x        (static delay;           sendspin_test_server.py)
+#   .venv-sendspin6  aiosendspin 6.x        (+ lead-time hints;       sendspin_test_server.py)
+#   .venv-sendspin7  aiosendspin 7.x        (+ Noise, plaintext too; sendspin_test_server.py)
+#   .venv-sendspin9  aiosendspin 9.x        (last before the rename; sendspin_test_server.py)
 #
 #   resonate_embedded/bench/setup_legacy_venvs.sh [DIR]     (default DIR: the repo root)
 #

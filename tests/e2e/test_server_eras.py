@@ -23,7 +23,7 @@ import trio
 
 from resonate_embedded.audio.volume import gain_q15
 from resonate_embedded.bench.harness import (
-    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python,
+    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv,
 )
 from resonate_embedded.bench.measure import summarize
 from resonate_embedded.bench.scenario import Scenario, ScenarioResult, run_scenario
@@ -38,6 +38,7 @@ DELAY_MS = 20
 @attrs.frozen
 class Era:
     name: str
+    venv: str
     python: str | None
     script: str | None = None  # None: sendspin_test_server.py (5.x-10.x)
     server_args: tuple[str, ...] = ()
@@ -47,22 +48,18 @@ class Era:
     encrypted: bool = False
 
 
+def older(major: int, **kwargs) -> Era:
+    """aiosendspin ``major``.x in .venv-sendspin<major> (setup_legacy_venvs.sh)."""
+    venv = f".venv-sendspin{major}"
+    return Era(f"{major}.x", venv, find_era_python(venv, f"{major}."), **kwargs)
+
+
+V1 = {"script": str(SENDSPIN_V1_SCRIPT), "server_args": ("--raw-clock",), "delay_api": False}
+PUSH = {"server_args": ("--wire-truth",), "refuses_current": True}
 PLAIN = ("--encryption", "off")  # 7.x-9.x Noise predates ours: their plaintext transition mode
-ERAS = [
-    Era("1.x", find_era_python(".venv-sendspin1", "1."), str(SENDSPIN_V1_SCRIPT), ("--raw-clock",),
-        delay_api=False),
-    Era("2.x", find_era_python(".venv-sendspin2", "2."), str(SENDSPIN_V1_SCRIPT), ("--raw-clock",),
-        delay_api=False),
-    Era("5.x", find_era_python(".venv-sendspin5", "5."), server_args=("--wire-truth",),
-        refuses_current=True),
-    Era("6.x", find_era_python(".venv-sendspin6", "6."), server_args=("--wire-truth",),
-        refuses_current=True),
-    Era("7.x", find_era_python(".venv-sendspin7", "7."), server_args=("--wire-truth",),
-        player_args=PLAIN, refuses_current=True),
-    Era("9.x", find_era_python(".venv-sendspin9", "9."), server_args=("--wire-truth",),
-        player_args=PLAIN, refuses_current=True),
-    Era("10.x", find_server_python(), encrypted=True),
-]
+ERAS = [older(1, **V1), older(2, **V1), older(5, **PUSH), older(6, **PUSH),
+        older(7, player_args=PLAIN, **PUSH), older(9, player_args=PLAIN, **PUSH),
+        Era("10.x", ".venv-server", find_server_python(), encrypted=True)]
 
 
 def peaks_after(result: ScenarioResult, after_ns: int) -> list[int]:
@@ -73,10 +70,7 @@ def peaks_after(result: ScenarioResult, after_ns: int) -> list[int]:
 
 
 @pytest.mark.parametrize("era", [
-    pytest.param(e, id=e.name, marks=pytest.mark.skipif(
-        e.python is None, reason=f"missing server venv: aiosendspin {e.name} "
-                                 "(run resonate_embedded/bench/setup_legacy_venvs.sh)"))
-    for e in ERAS])
+    pytest.param(e, id=e.name, marks=requires_venv(e.python, e.venv)) for e in ERAS])
 def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era: Era):
     marks: dict[str, int] = {}
 
