@@ -104,6 +104,7 @@ class StatusSnapshot:
     group_name: str | None = None
     playback_state: str | None = None
     # audio
+    server_era: str | None = None  # what the server has shown of its release, or why it is held off
     stream_format: str | None = None  # e.g. "flac 48000 Hz 16 bit 2 ch"
     output_state: str | None = None  # writer state (synchronized / error / idle ...)
     buffer_ms: int | None = None
@@ -445,6 +446,8 @@ def status_screen(data: dict[str, Any]) -> str:
         lines.append(f"server      {server}" + (f" ({extra})" if extra else ""))
     else:
         lines.append("server      not connected")
+    if g("server_era"):
+        lines.append(f"era         {g('server_era')}")
     lines.append(f"roles       {', '.join(g('roles') or []) or '-'}")
     if g("group_name") or g("playback_state"):
         lines.append(f"group       {g('group_name') or '-'} ({g('playback_state') or '-'})")

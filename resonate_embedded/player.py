@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -40,6 +41,7 @@ from resonate_embedded.protocol.listener import IncomingConnection, open_listene
 from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
 )
+from resonate_embedded.protocol.server_profile import held_off
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
 from resonate_embedded.roles.announcement import AnnouncementRole
 from resonate_embedded.roles.hub import RoleHub
@@ -396,8 +398,11 @@ class Player:
             await self._to_writer.send(EndStream())
             if trio.current_time() - started > STABLE_SESSION_S:
                 backoff = BACKOFF_MIN_S
-            log.info("reconnecting in %.1f s", backoff)
-            await trio.sleep(backoff)
+            hold_off_s, why = held_off(self.state.server_profiles, time.time())
+            if hold_off_s > backoff:
+                log.error("not redialling for %.0f s: %s", hold_off_s, why)
+            log.info("reconnecting in %.1f s", max(backoff, hold_off_s))
+            await trio.sleep(max(backoff, hold_off_s))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _one_session(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import attrs
 
 from resonate_embedded.atomic_file import replace_file
+from resonate_embedded.protocol.server_profile import load_profiles
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class PersistentState:
     muted: bool = False
     output_delay_ms: int = 0
     last_played_server_id: str | None = None
+    server_profiles: dict = attrs.field(factory=dict)  # server_id -> ServerProfile.to_dict()
 
 
 def adopt_client_id(state: PersistentState, client_id: str, announce: bool = True) -> bool:
@@ -79,6 +81,8 @@ def _valid(data: dict) -> dict:
         out["output_delay_ms"] = data["output_delay_ms"]
     if isinstance(data.get("last_played_server_id"), str):
         out["last_played_server_id"] = data["last_played_server_id"]
+    if isinstance(data.get("server_profiles"), dict):
+        out["server_profiles"] = {k: p.to_dict() for k, p in load_profiles(data["server_profiles"]).items()}
     bad = sorted(k for k in attrs.fields_dict(PersistentState)
                  if k in data and k not in out and data[k] is not None)
     if bad:

@@ -18,6 +18,7 @@ from resonate_embedded.boot_slots import (
 from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.control_socket import StatusSnapshot, SyncInfo
 from resonate_embedded.light import LightState
+from resonate_embedded.protocol.server_profile import held_off
 from resonate_embedded.system_update import STATE_FILE, UpdateRecord, load_record
 
 _STARTED = time.monotonic()
@@ -69,6 +70,9 @@ def snapshot(player) -> StatusSnapshot:
         snap.roles = list(session.active_roles)
         snap.group_name, snap.playback_state = info.group_name, info.playback_state
         snap.stream_format = info.stream_format
+        snap.server_era = session.server_era
+    else:
+        snap.server_era = held_off(player.state.server_profiles, time.time())[1]
     return snap
 
 

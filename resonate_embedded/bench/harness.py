@@ -132,6 +132,13 @@ def find_sendspin2_python() -> str | None:
     return _find_python("SENDSPIN2_SERVER_PYTHON", ".venv-sendspin2", "aiosendspin", "2.")
 
 
+def find_era_python(venv: str, version_prefix: str) -> str | None:
+    """A Python with aiosendspin ``version_prefix``* in <repo>/``venv`` (made by
+    ``setup_legacy_venvs.sh``; $SENDSPIN<major>_SERVER_PYTHON overrides), or None."""
+    major = version_prefix.split(".", 1)[0]
+    return _find_python(f"SENDSPIN{major}_SERVER_PYTHON", venv, "aiosendspin", version_prefix)
+
+
 # ---------------------------------------------------------------------------------------
 # The running server
 # ---------------------------------------------------------------------------------------

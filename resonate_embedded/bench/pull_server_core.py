@@ -517,6 +517,8 @@ class Harness:
 
 
 async def amain(api: ServerApi, args: argparse.Namespace) -> int:
+    if args.raw_clock:  # the server clock (the loop's) becomes the paced device's clock
+        asyncio.get_running_loop().time = lambda: time.clock_gettime(time.CLOCK_MONOTONIC_RAW)
     harness = Harness(api, args)
     try:
         await harness.start()
@@ -546,6 +548,8 @@ def main(api: ServerApi, argv: list[str] | None = None) -> int:
     p.add_argument("--server-id", default=f"{api.dist}-test")
     p.add_argument("--mdns", action="store_true",
                    help="advertise the server and dial discovered clients, on --host only")
+    p.add_argument("--raw-clock", action="store_true",
+                   help="run the event loop (the server clock) on CLOCK_MONOTONIC_RAW")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stderr,

@@ -61,6 +61,8 @@ class Scenario:
     cpu_hog: bool = False
     group_ppm: tuple[float, ...] = ()  # extra players joined into the first one's group
     trust_unpaired: bool = True  # the server approves encrypted unpaired players (see below)
+    server_args: tuple[str, ...] = ()  # extra test-server options (e.g. --wire-truth)
+    server_script: str | None = None  # another harness script (e.g. SENDSPIN_V1_SCRIPT)
 
 
 @attrs.frozen
@@ -250,7 +252,8 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
     start_cmd_ns = stop_cmd_ns = None
     streamed_s = 0.0
     proxy = None
-    async with start_test_server(server_python, port=0,
+    script = {"script": sc.server_script} if sc.server_script else {}
+    async with start_test_server(server_python, port=0, extra_args=list(sc.server_args), **script,
                                  log_path=workdir / f"{sc.name}.server.log") as srv:
         async with AsyncExitStack() as stack:
             url = srv.url

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Real Sendspin test server: aiosendspin 10.x driven over stdin/stdout JSON lines.
+"""Real Sendspin test server: aiosendspin 5.x-10.x driven over stdin/stdout JSON lines.
+
+What differs between those releases is read from the installed one by ``server_era.py``.
 
 Run with the Python 3.12 venv made by ``setup_server_venv.sh`` (it must NOT import
 anything from resonate_embedded)::
@@ -39,15 +41,11 @@ from typing import Any
 
 import numpy as np
 from aiosendspin.models.types import AudioCodec, ConnectionReason, PlayerCommand
-from aiosendspin.noise import Identity, InMemoryServerPairingStore
 from aiosendspin.server import (
     AudioFormat,
     ClientAddedEvent,
-    ClientConnectedEvent,
-    ClientDisconnectedEvent,
     ClientRemovedEvent,
     ClientUpdatedEvent,
-    OutputDelayChangedEvent,
     SendspinServer,
     VolumeChangedEvent,
 )
@@ -56,6 +54,12 @@ from aiosendspin.server import server as _server_mod
 from aiosendspin.server.connection import SendspinConnection
 from aiosendspin.server.push_stream import StreamStoppedError
 from aiosendspin.server.roles.player.v1 import PlayerV1Role
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also when a wrapper loads us
+from server_era import (  # noqa: E402
+    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_EVENT, declares, delay_ms,
+    WireTruth, delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
+)
 
 _LOGGER = logging.getLogger("sendspin_test_server")
 
@@ -205,6 +209,7 @@ class _WireTimestampProbe:
 
 WIRE_PROBE = _WireTimestampProbe()
 WIRE_EVENTS = {"enabled": False}
+WIRE_TRUTH = WireTruth()
 
 
 def _role_client_id(role: Any) -> str | None:
@@ -224,6 +229,7 @@ def install_role_hooks() -> None:
             after = getattr(self, "_last_sent_format", None)
             if after is not None and (after != before or not was_started):
                 codec, rate, channels, bits, header = after
+                WIRE_TRUTH.stream_started(_role_client_id(self))
                 emit(
                     "player_stream_start",
                     client_id=_role_client_id(self),
@@ -267,6 +273,8 @@ def install_role_hooks() -> None:
 
         def on_audio_chunk(self: Any, chunk: Any) -> None:
             orig_chunk(self, chunk)
+            if WIRE_TRUTH.enabled and getattr(self, "_stream_started", False):
+                WIRE_TRUTH.chunk(self, chunk, _role_client_id(self), emit)
             if WIRE_EVENTS["enabled"] and getattr(self, "_stream_started", False):
                 emit(
                     "wire_chunk",
@@ -291,7 +299,7 @@ def install_role_hooks() -> None:
                         "late_drop",
                         client_id=_role_client_id(role),
                         ts_us=entry.timestamp_us,
-                        late_by_us=now - (entry.timestamp_us - role.get_output_delay_us()),
+                        late_by_us=now - (entry.timestamp_us - delay_us(role)),
                     )
             return dropped
 
@@ -304,15 +312,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def disable_mdns() -> None:
-    """Make start_server() skip zeroconf entirely (it treats OSError as 'no mDNS')."""
-
-    def _no_zeroconf(*_a: Any, **_kw: Any) -> Any:
-        raise OSError("mDNS disabled by the Sendspin test harness")
-
-    _server_mod.AsyncZeroconf = _no_zeroconf  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,7 +436,8 @@ class StreamSession:
     # -- public API used by command handlers ------------------------------------------
     def start(self) -> None:
         self.stream = self.group.start_stream()
-        self.stream.set_live_source(self.live)
+        if hasattr(self.stream, "set_live_source"):  # 6.x on; 5.x treats every source alike
+            self.stream.set_live_source(self.live)
         self.task = asyncio.get_running_loop().create_task(self._run(), name="harness-stream")
 
     async def call_between_commits(self, fn: Callable[[], Any]) -> Any:
@@ -569,7 +569,8 @@ class StreamSession:
         self.last_end_ts = wire_ts + dur
         self.next_frame += frames
         self.seq += 1
-        emit("chunk", **ev)
+        if not WIRE_TRUTH.enabled:
+            emit("chunk", **ev)
 
     def _note_external_stop(self) -> None:
         """Report a stream that aiosendspin stopped on its own (e.g. the group emptied)."""
@@ -689,19 +690,14 @@ class Harness:
     async def start(self) -> None:
         mdns = self.args.mdns or self.args.advertise or self.args.discover_clients
         if not mdns:
-            disable_mdns()
+            disable_mdns(_server_mod)
         WIRE_PROBE.install()
         install_role_hooks()
-        if self.args.approve_unpaired:
+        if self.args.approve_unpaired and hasattr(SendspinConnection, "_reload_trusted_unpaired"):
             approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
-        self.server = SendspinServer(
-            self.loop,
-            identity=Identity.generate(),
-            server_name=self.args.name,
-            pairing_store=InMemoryServerPairingStore(),
-            allow_unencrypted=True,
-        )
+        WIRE_TRUTH.enabled = bool(self.args.wire_truth)
+        self.server = make_server(SendspinServer, self.loop, self.args.name, self.args.server_id)
         self.server.add_event_listener(self._on_server_event)
         port = self.args.port
         if port == 0 and self.args.advertise:
@@ -754,9 +750,9 @@ class Harness:
                 if rm is not None:
                     rm()
                 emit("client_removed", client_id=event.client_id)
-            elif isinstance(event, ClientConnectedEvent):
+            elif isinstance(event, CLIENT_CONNECTED):
                 emit("client_connected", client_id=event.client_id)
-            elif isinstance(event, ClientDisconnectedEvent):
+            elif isinstance(event, CLIENT_DISCONNECTED):
                 reason = event.goodbye_reason
                 emit(
                     "client_disconnected",
@@ -794,7 +790,7 @@ class Harness:
                     "volume": role.volume,
                     "muted": role.muted,
                     "supported_commands": [c.value for c in role.state_supported_commands],
-                    "output_delay_ms": role.output_delay_ms,
+                    "output_delay_ms": delay_ms(role),
                     "min_buffer_ms": role.min_buffer_ms,
                     "required_lead_time_ms": role.required_lead_time_ms,
                 }
@@ -810,9 +806,9 @@ class Harness:
                 if isinstance(event, VolumeChangedEvent):
                     emit("volume_changed", client_id=c.client_id, volume=event.volume,
                          muted=event.muted)
-                elif isinstance(event, OutputDelayChangedEvent):
+                elif isinstance(event, DELAY_EVENT):
                     emit("output_delay_changed", client_id=c.client_id,
-                         output_delay_ms=event.output_delay_ms)
+                         output_delay_ms=event_delay_ms(event))
             except Exception as err:  # noqa: BLE001
                 emit("error", message=f"client event handler failed: {err!r}")
 
@@ -1049,16 +1045,13 @@ class Harness:
             if role is None:
                 sent[client.client_id] = False
                 continue
-            declared = command in role.state_supported_commands
-            if command is PlayerCommand.SET_OUTPUT_DELAY:
-                legacy = PlayerCommand.SET_STATIC_DELAY in role.state_supported_commands
-                declared = declared or legacy
+            declared = declares(client, role, command)
             if declared:
                 send(role)
             sent[client.client_id] = declared
         if not any(sent.values()):
             raise CommandError(
-                f"no target client declared {command.value!r} in client/state supported_commands"
+                f"no target client declared {command.value!r} where this release looks for it"
                 f" ({sent})"
             )
         return {"sent": sent}
@@ -1078,8 +1071,7 @@ class Harness:
         ms = int(cmd["ms"])
         if not 0 <= ms <= 5000:
             raise CommandError("ms must be 0..5000")
-        return await self._player_command(cmd, PlayerCommand.SET_OUTPUT_DELAY,
-                                          lambda r: r.set_output_delay(ms))
+        return await self._player_command(cmd, DELAY_COMMAND, lambda r: set_delay(r, ms))
 
     async def cmd_join(self, cmd: dict[str, Any]) -> dict[str, Any]:
         cid = cmd.get("client_id")
@@ -1275,9 +1267,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="Sendspin Test Server")
     p.add_argument("--lead-ms", type=float, default=1500.0,
                    help="max_buffer for sleep_to_limit_buffer in realtime mode (default 1500)")
+    p.add_argument("--wire-truth", action="store_true",
+                   help="chunk events from what each player is sent (PCM), not from commit_audio()")
     p.add_argument("--wire-events", action="store_true",
                    help="emit a wire_chunk event for every audio chunk handed to a player")
     p.add_argument("--mdns", action="store_true", help="allow zeroconf (off by default)")
+    p.add_argument("--server-id", default="sendspin-era-test",
+                   help="server id of the releases before Noise (later ones derive it from a key)")
     p.add_argument("--no-approve-unpaired", dest="approve_unpaired", action="store_false",
                    help="leave encrypted unpaired clients unapproved (no roles) until paired")
     p.add_argument("--advertise", action="store_true",

@@ -4,6 +4,10 @@
 #   .venv-resonate   aioresonate 0.13.2     (Resonate dialect "R";   resonate_test_server.py)
 #   .venv-sendspin1  aiosendspin 1.x        (Sendspin "S1a";         sendspin_v1_test_server.py)
 #   .venv-sendspin2  aiosendspin 2.x        (Sendspin v1 "S1";       sendspin_v1_test_server.py)
+#   .venv-sendspin5  aiosendspin 5.x        (static delay;           sendspin_test_server.py)
+#   .venv-sendspin6  aiosendspin 6.x        (+ lead-time hints;       sendspin_test_server.py)
+#   .venv-sendspin7  aiosendspin 7.x        (+ Noise, plaintext too; sendspin_test_server.py)
+#   .venv-sendspin9  aiosendspin 9.x        (last before the rename; sendspin_test_server.py)
 #
 #   resonate_embedded/bench/setup_legacy_venvs.sh [DIR]     (default DIR: the repo root)
 #
@@ -60,3 +64,7 @@ ensure() {
 ensure .venv-resonate aioresonate 0.13.2 aioresonate.server "aioresonate==0.13.2" "numpy>=1.26"
 ensure .venv-sendspin1 aiosendspin 1 aiosendspin.server "aiosendspin>=1,<2" "numpy>=1.26"
 ensure .venv-sendspin2 aiosendspin 2 aiosendspin.server "aiosendspin>=2,<3" "numpy>=1.26"
+ensure .venv-sendspin5 aiosendspin 5 aiosendspin.server "aiosendspin[server]>=5,<6"
+ensure .venv-sendspin6 aiosendspin 6 aiosendspin.server "aiosendspin[server]>=6,<7"
+ensure .venv-sendspin7 aiosendspin 7 aiosendspin.server "aiosendspin[server]>=7,<8"
+ensure .venv-sendspin9 aiosendspin 9 aiosendspin.server "aiosendspin[server]>=9,<10"

@@ -53,6 +53,17 @@ class Connection:
             await self._ws.aclose()
 
 
+async def send_last_words(conn, text: str) -> None:
+    """Send ``text`` on ``conn`` (plain or encrypted) before closing: at most 1 s, even when
+    cancelled; a dead socket is fine."""
+    with trio.move_on_after(1.0) as scope:
+        scope.shield = True
+        try:
+            await conn.send_text(text)
+        except (ConnectionClosed, trio.BrokenResourceError, OSError):
+            pass
+
+
 @asynccontextmanager
 async def connect(url: str, timeout_s: float = 10.0) -> AsyncIterator[Connection]:
     """Open a WebSocket to ``url``; raises OSError/HandshakeError/ConnectionTimeout on failure."""
@@ -64,4 +75,4 @@ async def connect(url: str, timeout_s: float = 10.0) -> AsyncIterator[Connection
 
 
 __all__ = ["MAX_MESSAGE_BYTES", "MESSAGE_QUEUE_SIZE", "Connection", "ConnectionClosed", "Received",
-           "connect"]
+           "connect", "send_last_words"]

@@ -97,6 +97,7 @@ class ServerCommand:
     volume: int | None = None
     mute: bool | None = None
     output_delay_ms: int | None = None
+    delay_key: str | None = None  # how the server named the delay: output_delay_ms / static_delay_ms
 
 
 @attrs.frozen
@@ -227,7 +228,8 @@ def _parse_server_command(p: dict) -> ServerCommand | UnknownMessage:
         return UnknownMessage("server/command")
     if not isinstance(player, dict):
         raise ProtocolError("field 'player' is not an object")
-    delay = player.get("output_delay_ms", player.get("static_delay_ms"))
+    delay_key = next((k for k in ("output_delay_ms", "static_delay_ms") if k in player), None)
+    delay = player.get(delay_key) if delay_key else None
     if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool)):
         raise ProtocolError("field 'output_delay_ms' is not an integer")
     mute = player.get("mute")
@@ -238,6 +240,7 @@ def _parse_server_command(p: dict) -> ServerCommand | UnknownMessage:
         volume=_int_in(player, "volume", 0, 100, required=False),
         mute=mute,
         output_delay_ms=None if delay is None else min(max(delay, 0), 5000),
+        delay_key=delay_key if delay is not None else None,
     )
 
 

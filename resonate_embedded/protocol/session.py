@@ -27,8 +27,11 @@ from resonate_embedded.clock.local import local_now_us
 from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
 from resonate_embedded.clock.sync import ClockSync, TimeReply
 from resonate_embedded.log_limit import LogLimiter
+from resonate_embedded.protocol.activation import (
+    Security, activities_allowed, pairing_acceptable, refusal_reason,
+)
 from resonate_embedded.protocol.binary import BinaryFrameError, parse_audio_frame
-from resonate_embedded.protocol.connection import Connection, ConnectionClosed
+from resonate_embedded.protocol.connection import Connection, ConnectionClosed, send_last_words
 from resonate_embedded.protocol.messages import (
     ClientHello, ClientState, GroupUpdate, PairAbort, PlayerState, ProtocolError, SecureServerHello,
     ServerActivate, ServerCommand, ServerError, ServerHello, ServerPairFinalize, ServerPairStep,
@@ -36,6 +39,9 @@ from resonate_embedded.protocol.messages import (
     ServerTime, ServerUnpair, StreamClear, StreamEnd, StreamStart, UnknownMessage,
     client_goodbye_json, client_message_json, client_pair_finalize_json, client_pair_init_json,
     pair_abort_json, parse_server_message,
+)
+from resonate_embedded.protocol.server_profile import (
+    CURRENT, CURRENT_COMMANDS, ProfileKeeper, shape_player,
 )
 from resonate_embedded.protocol.resonate_dialect import (
     Dialect, SessionUpdate, parse_resonate_audio_frame, parse_resonate_message, player_update_json,
@@ -57,35 +63,10 @@ SPEAK_LEAD_US = 500_000  # the spoken pairing code starts this far ahead
 SPEAK_MIN_VOLUME = 50  # a muted or quiet speaker still says its pairing code audibly
 REQUIRED_LEAD_TIME_MS = 150
 MIN_BUFFER_MS = 1000
-PLAYER_COMMANDS = ("volume", "mute", "set_output_delay")
 
 
 class SessionRefused(RuntimeError):
     """The server would not take us as a player (no or failed hello)."""
-
-
-@attrs.frozen
-class Security:
-    """What an encrypted session needs beyond the plaintext one."""
-
-    pairing_store: object  # resonate_embedded.pairing.PairingStore
-    unpaired_access: bool = True
-    url: str | None = None
-    spoken_code: bool = True  # offer the Dynamic Pairing Code, spoken through the speaker
-
-
-def _activities_allowed(category: str, activities: set[str], unpaired_access: bool) -> bool:
-    """Spec messaging.md, server/activate: the activity sets each matched PSK allows."""
-    if category == "lt":
-        return activities <= {"playback"}
-    if unpaired_access:
-        return activities <= {"playback", "pairing"}
-    return activities <= {"pairing"}
-
-
-def _admissible(category: str, activities: set[str], has_roles: bool, unpaired_access: bool) -> bool:
-    return _activities_allowed(category, activities, unpaired_access) and (
-        not has_roles or _activities_allowed(category, activities | {"playback"}, unpaired_access))
 
 
 @attrs.define
@@ -142,6 +123,7 @@ class Session:
         self.started_local_us = local_now_us()
         self.last_received_local_us = self.started_local_us  # liveness, for the watchdog
         self._limited = LogLimiter(log)  # what the server can provoke is logged bounded
+        self._era: ProfileKeeper | None = None  # plaintext Sendspin: the server's era (shapes)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, server_hello: ServerHello | None = None) -> None:
@@ -161,6 +143,13 @@ class Session:
     async def serve(self) -> None:
         """Clock sync, writer events and the receive loop, until the connection closes.
         A pairing the activation asked for starts here, once the connection is admitted."""
+        try:
+            await self._serve()
+        except* ConnectionClosed as group:  # the close surfaced in a send (clock sync, ...)
+            self._closed(group.exceptions[0].reason)
+            raise
+
+    async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._clock.run, self._conn.send_text, self._time_replies)
@@ -178,6 +167,10 @@ class Session:
                 if self._roles is not None:
                     self._roles.clear()
                 await self._stop_announcement()
+
+    def _closed(self, reason) -> None:
+        if self._era is not None:
+            self._era.closed(str(reason), local_now_us())
 
     async def send_controller_commands(self, commands) -> None:
         """``client/command`` for each (controller role active; nothing otherwise)."""
@@ -205,6 +198,11 @@ class Session:
         return self._secure
 
     @property
+    def server_era(self) -> str | None:
+        """What this plaintext Sendspin server has shown of its release (None: not that)."""
+        return self._era.summary() if self._era is not None else None
+
+    @property
     def active_roles(self) -> tuple[str, ...]:
         return tuple(self._active_roles)
 
@@ -227,21 +225,12 @@ class Session:
         self._deferred_pairing = None
         self._end_pairing_attempt()
         await self._stop_speaking()
-        await self._send_last_words(pair_abort_json(reason))
+        await send_last_words(self._conn, pair_abort_json(reason))
 
     async def goodbye(self, reason: str) -> None:
         if self._resonate:
             return  # Resonate has no client/goodbye
-        await self._send_last_words(client_goodbye_json(reason))
-
-    async def _send_last_words(self, text: str) -> None:
-        """Send ``text`` before closing: at most 1 s, even when cancelled; a dead socket is fine."""
-        with trio.move_on_after(1.0) as scope:
-            scope.shield = True
-            try:
-                await self._conn.send_text(text)
-            except (ConnectionClosed, trio.BrokenResourceError, OSError):
-                pass
+        await send_last_words(self._conn, client_goodbye_json(reason))
 
     async def _handshake(self, server_hello: ServerHello | None = None) -> ServerHello:
         if server_hello is not None:
@@ -269,8 +258,18 @@ class Session:
         if self._resonate:
             await self._send_player_update(playing=False)
         else:
-            await self._conn.send_text(self._full_state("synchronized").to_json())
+            self._era = ProfileKeeper(self._state.server_profiles, self._save_state, msg.server_id)
+            if self._era.choose() is None:
+                raise SessionRefused(f"server {msg.server_id} {self._era.summary()}")
+            await self._send_state(self._full_state("synchronized"))
         return msg
+
+    async def _send_state(self, state: ClientState) -> None:
+        """A plaintext client/state (a close right after it, unanswered, is a refusal)."""
+        text = state.to_json()
+        if self._era is not None:
+            self._era.sent(text, local_now_us())
+        await self._conn.send_text(text)
 
     async def _send_player_update(self, playing: bool) -> None:
         await self._conn.send_text(player_update_json(self._state.volume, self._state.muted, playing))
@@ -326,12 +325,16 @@ class Session:
         return ClientState(state, self._player_object(), announcement=announcement)
 
     def _player_object(self) -> PlayerState:
-        return (PlayerState(
+        return self._shaped(PlayerState(
             volume=self._state.volume, muted=self._state.muted,
             output_delay_ms=self._state.output_delay_ms,
             required_lead_time_ms=REQUIRED_LEAD_TIME_MS + self._extra_lead_time_ms,
             min_buffer_ms=MIN_BUFFER_MS,
-            supported_commands=PLAYER_COMMANDS))
+            supported_commands=CURRENT_COMMANDS))
+
+    def _shaped(self, player: PlayerState) -> PlayerState:
+        return shape_player(self._era.shape if self._era is not None else CURRENT, player,
+                            self._state.output_delay_ms)
 
     async def _initial_state_when_synced(self) -> None:
         """Spec: a player reports ``available: true`` once its clock is synchronised (we wait
@@ -358,6 +361,7 @@ class Session:
                     received = await self._conn.receive()
             except ConnectionClosed as exc:
                 log.warning("connection closed: %s", exc.reason)
+                self._closed(exc.reason)
                 return
             if silence.cancelled_caught:
                 log.warning("nothing from the server for %.0f s: closing the connection",
@@ -382,6 +386,8 @@ class Session:
             return None
 
     async def _on_message(self, msg, received_local_us: int) -> None:
+        if self._era is not None and isinstance(msg, (ServerTime, ServerCommand, StreamStart)):
+            self._era.answered()
         if isinstance(msg, ServerTime):
             try:
                 self._time_replies_send.send_nowait(TimeReply(msg, received_local_us))
@@ -450,18 +456,13 @@ class Session:
         activities = set(msg.activities)
         if msg.active_roles is not None:
             roles = msg.active_roles
-        elif _activities_allowed(category, activities | {"playback"}, unpaired_access):
+        elif activities_allowed(category, activities | {"playback"}, unpaired_access):
             roles = self._active_roles
         else:
             roles = ()
         has_roles = bool(roles)
-        if msg.unknown_activities or not _admissible(category, activities, has_roles, unpaired_access):
-            if (not msg.unknown_activities and category != "lt" and not unpaired_access
-                    and _admissible(category, activities, has_roles, True)
-                    and ("pairing" not in activities or self._pairing_acceptable(msg))):
-                reason = "pairing_required"
-            else:
-                reason = "unauthorized"
+        reason = refusal_reason(msg, category, has_roles, unpaired_access, self._pairing_acceptable(msg))
+        if reason is not None:
             log.error("server/activate %s roles %s not allowed on a %s-PSK session "
                       "(unpaired access %s): closing with %s", sorted(msg.activities), list(roles),
                       category, "on" if unpaired_access else "off", reason)
@@ -492,14 +493,8 @@ class Session:
                 await self._start_pairing(msg)
 
     def _pairing_acceptable(self, msg: ServerActivate) -> bool:
-        """Spec: pairing_psk if and only if the matched PSK is the pairing PSK; otherwise only a
-        method (and format) this speaker offers: the Dynamic Pairing Code in digits."""
-        category = self._conn.psk_category
-        if msg.pairing_method == "pairing_psk":
-            return category == "pr"
         spoken = self._security is not None and self._security.spoken_code
-        return (msg.pairing_method == "dynamic_pairing_code" and spoken and category != "pr"
-                and msg.pairing_format == "digits")
+        return pairing_acceptable(msg, self._conn.psk_category, spoken)
 
     async def _start_pairing(self, msg: ServerActivate) -> None:
         self._pairing_index += 1
@@ -702,6 +697,8 @@ class Session:
             self._state.muted = cmd.mute
             delta, to_writer = PlayerState(muted=cmd.mute), SetVolume(self._state.volume, cmd.mute)
         elif cmd.command in ("set_output_delay", "set_static_delay") and cmd.output_delay_ms is not None:
+            if self._era is not None:
+                self._era.delay_named(cmd.delay_key)
             self._state.output_delay_ms = cmd.output_delay_ms
             delta = PlayerState(output_delay_ms=cmd.output_delay_ms)
             to_writer = SetOutputDelay(cmd.output_delay_ms * 1000)
@@ -715,7 +712,7 @@ class Session:
         elif self._secure:  # current spec: every client/state carries the full player object
             await self._conn.send_text(self._full_state("synchronized").to_json())
         else:
-            await self._conn.send_text(ClientState(player=delta).to_json())
+            await self._send_state(ClientState(player=self._shaped(delta)))
 
     async def _on_binary(self, frame: bytes) -> None:
         if frame and frame[0] == ANNOUNCEMENT_BINARY and self._announcement_active():

@@ -45,7 +45,10 @@ def test_commands():
         == ServerCommand("volume", volume=55)
     assert parse_server_message(msg("server/command", {"player": {"command": "set_static_delay",
                                                                   "static_delay_ms": 9000}})) \
-        == ServerCommand("set_static_delay", output_delay_ms=5000)
+        == ServerCommand("set_static_delay", output_delay_ms=5000, delay_key="static_delay_ms")
+    assert parse_server_message(msg("server/command", {"player": {"command": "set_output_delay",
+                                                                  "output_delay_ms": 20}})) \
+        == ServerCommand("set_output_delay", output_delay_ms=20, delay_key="output_delay_ms")
     with pytest.raises(ProtocolError, match="volume"):
         parse_server_message(msg("server/command", {"player": {"command": "volume", "volume": 101}}))
     with pytest.raises(ProtocolError, match="mute"):
