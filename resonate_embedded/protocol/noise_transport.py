@@ -24,6 +24,10 @@ session does not care which one it talks through.  An in-band re-handshake
 (server-initiated ``noise/handshake`` inside the channel, e.g. to promote a
 session to paired) is handled inside :meth:`SecureConnection.receive`.
 
+aiosendspin 7.x-9.x speak an older variant (message 1 names no ``psk_category``,
+fragments typed 2/3, 9-byte audio header): ``noise_variant.py`` says what differs;
+it is recognised from message 1 and carried by :class:`SecureConnection`.
+
 Failures after ``client/init`` are *silent*: the connection is closed without
 another message (:class:`HandshakeFailed`, :class:`ChannelBroken`).  Key
 material (private key, PSKs, session keys) is never logged; log lines carry
@@ -45,6 +49,10 @@ from trio_websocket import CloseReason, ConnectionClosed
 from resonate_embedded.identity import Identity, b64url_decode, b64url_encode, peer_key
 from resonate_embedded.pairing import PairingStore, psk_id_for
 from resonate_embedded.protocol.connection import Connection, Received
+from resonate_embedded.protocol.noise_variant import (
+    AUDIO_HEADER_SIZE, CURRENT, OLDER, OLDER_FRAG_END, OLDER_FRAG_MORE, Message1,
+    Message1Error, OlderReassembly, older_fragments, parse_message_1,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ PROTOCOL_VERSION = 1
 
 SENTINEL_PSK = hashlib.sha256(b"sendspin-sentinel-psk-v1").digest()
 SENTINEL_PSK_ID = psk_id_for(SENTINEL_PSK)
-CATEGORIES = ("lt", "pr", "sn")
+_CATEGORY_WORDS = {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}
 
 HANDSHAKE_TIMEOUT_S = 30.0  # per expected message (spec: "e.g. 30 seconds")
 FIRST_REPLY_TIMEOUT_S = 3.0  # a server that says nothing to client/init this long does not speak Noise
@@ -242,17 +250,20 @@ def _handshake_bytes(text: str) -> bytes:
     return message
 
 
-def _parse_message_1_payload(plaintext: bytes) -> tuple[str, str]:
+def _message_1(responder: NoiseResponder, message_1: bytes) -> Message1:
     try:
-        obj = json.loads(plaintext.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise HandshakeFailed("Noise message 1 payload is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise HandshakeFailed("Noise message 1 payload is not an object")
-    psk_id, category = obj.get("psk_id"), obj.get("psk_category")
-    if not isinstance(psk_id, str) or len(psk_id) != 43 or category not in CATEGORIES:
-        raise HandshakeFailed("Noise message 1 payload lacks a valid psk_id/psk_category")
-    return psk_id, category
+        return parse_message_1(responder.read_message_1(message_1))
+    except Message1Error as exc:
+        raise HandshakeFailed(str(exc)) from None
+
+
+def _resolve(resolver: PskResolver, m1: Message1, server_id: str) -> MatchedPsk | None:
+    """The PSK ``m1`` names, looked up in its category (older variant: in each in turn)."""
+    for category in m1.categories():
+        matched = resolver(m1.psk_id, category, server_id)
+        if matched is not None:
+            return matched
+    return None
 
 
 async def _receive_text(conn: Connection, what: str, timeout_s: float) -> str:
@@ -308,13 +319,13 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
         prologue = init_text.encode("utf-8") + first.encode("utf-8")
         responder = NoiseResponder(suite, identity.private_key, peer_key(server_id), prologue)
         message_1 = _handshake_bytes(await _receive_text(conn, "Noise message 1", timeout_s))
-        psk_id, category = _parse_message_1_payload(responder.read_message_1(message_1))
-        matched = resolver(psk_id, category, server_id)
+        m1 = _message_1(responder, message_1)
+        matched = _resolve(resolver, m1, server_id)
         credential_mismatch = matched is None
         if matched is None:
             log.warning("server %s referenced a %s credential this speaker does not hold: "
                         "continuing unpaired (Sentinel PSK); re-pair on the server to restore it",
-                        server_id, {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}[category])
+                        server_id, _CATEGORY_WORDS.get(m1.category, "PSK"))
             matched = SENTINEL
         await conn.send_text(handshake_json(responder.write_message_2(matched.psk)))
     except NotNoiseServer as exc:
@@ -330,7 +341,7 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
         raise HandshakeFailed(f"connection closed during the handshake ({exc})") from None
     return SecureConnection(conn, responder, server_id=server_id, matched=matched,
                             credential_mismatch=credential_mismatch, identity=identity,
-                            resolver=resolver)
+                            resolver=resolver, variant=m1.variant)
 
 
 async def _first_reply(conn: Connection, timeout_s: float) -> str:
@@ -366,12 +377,14 @@ class SecureConnection:
     """The Noise transport channel, with the interface of ``Connection``."""
 
     encrypted = True
-    audio_header_size = 13
 
     def __init__(self, raw: Connection, cipher: NoiseResponder, *, server_id: str,
                  matched: MatchedPsk, credential_mismatch: bool, identity: Identity,
-                 resolver: PskResolver) -> None:
+                 resolver: PskResolver, variant: str = CURRENT) -> None:
         self._raw = raw
+        self.noise_variant = variant
+        self.audio_header_size = AUDIO_HEADER_SIZE[variant]
+        self._older_reasm = OlderReassembly(MAX_REASSEMBLED) if variant == OLDER else None
         self._cipher = cipher
         self.server_id = server_id
         self.matched = matched
@@ -416,7 +429,9 @@ class SecureConnection:
             await self._fail("re-handshake not completed by a server/activate in time")
         if self._broken is not None:  # the re-handshake we waited out failed
             raise self._broken
-        frames = [plaintext] if len(plaintext) <= MAX_PLAINTEXT else _fragment(plaintext)
+        frames = [plaintext] if len(plaintext) <= MAX_PLAINTEXT else (
+            _fragment(plaintext) if self._older_reasm is None
+            else older_fragments(plaintext, MAX_PLAINTEXT))
         async with self._send_lock:  # encrypt under the lock: nonce order must be wire order
             for frame in frames:
                 await _raw_send_bytes(self._raw, self._cipher.encrypt(frame))
@@ -452,6 +467,8 @@ class SecureConnection:
         if not plaintext:
             await self._fail("empty transport message")
         kind = plaintext[0]
+        if self._older_reasm is not None:
+            return await self._unframe_older(plaintext)
         if kind != MSG_FRAGMENT:
             if self._reasm is not None:
                 await self._fail("unfragmented message inside a fragmented one")
@@ -475,6 +492,16 @@ class SecureConnection:
         self._reasm = None
         return message
 
+    async def _unframe_older(self, plaintext: bytes) -> bytes | None:
+        if plaintext[0] not in (OLDER_FRAG_MORE, OLDER_FRAG_END):
+            if self._older_reasm.in_flight:
+                await self._fail("unfragmented message inside a fragmented one")
+            return plaintext
+        try:
+            return self._older_reasm.feed(plaintext)
+        except ValueError as exc:
+            await self._fail(str(exc))
+
     async def _maybe_rehandshake(self, text: str) -> bool:
         try:
             obj = json.loads(text)
@@ -487,10 +514,11 @@ class SecureConnection:
             responder = NoiseResponder(self.suite, self._identity.private_key,
                                        peer_key(self.server_id), self.handshake_hash)
             self._quiet = self._quiet or trio.Event()
-            psk_id, category = _parse_message_1_payload(responder.read_message_1(message_1))
-            matched = self._resolver(psk_id, category, self.server_id)
+            m1 = _message_1(responder, message_1)
+            matched = _resolve(self._resolver, m1, self.server_id)
             if matched is None:  # no Sentinel fallback in a re-handshake
-                raise HandshakeFailed(f"re-handshake names a {category} PSK this speaker does not hold")
+                raise HandshakeFailed(f"re-handshake names a {_CATEGORY_WORDS.get(m1.category, 'PSK')}"
+                                      " this speaker does not hold")
             message_2 = responder.write_message_2(matched.psk)
         except HandshakeFailed as exc:
             await self._fail(f"re-handshake failed: {exc}")
@@ -503,7 +531,7 @@ class SecureConnection:
         self.handshake_hash = responder.handshake_hash
         self.handshakes += 1
         log.info("re-keyed the session with server %s (%s PSK)", self.server_id,
-                 {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}[matched.category])
+                 _CATEGORY_WORDS[matched.category])
         return True
 
     def _end_quiet(self) -> None:

@@ -6,7 +6,8 @@ persistent state:
 
 * ``server/command`` names the delay: ``static_delay_ms`` (5.x-9.x) or ``output_delay_ms``
   (10.x);
-* an encrypted session (our Noise handshake completed) is the current protocol;
+* an encrypted session: the variant of its Noise handshake (``noise_variant.py``) is
+  kept (``noise``); the older variant is aiosendspin 7.x-9.x, so the static shape;
 * a refusal: the server closed the connection right after our ``client/state`` without
   answering anything after it (5.x-9.x parse ``supported_commands`` into a closed enum and
   drop the connection on ``set_output_delay``).
@@ -33,6 +34,7 @@ from typing import Any, Callable
 import attrs
 
 from resonate_embedded.protocol.messages import PlayerState
+from resonate_embedded.protocol.noise_variant import CURRENT as NOISE_CURRENT, OLDER as NOISE_OLDER
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class ServerProfile:
     refused: tuple[str, ...] = ()  # shapes it closed the connection on, in order
     evidence: str = ""  # what it said or did, for the owner
     refused_all_at_s: float | None = None  # wall clock (time.time) when the last shape was refused
+    noise: str | None = None  # the Noise variant of its last encrypted session (noise_variant.py)
 
     def shape(self, now_s: float) -> str | None:
         """The shape to send; None while the server is held off after refusing every shape."""
@@ -77,7 +80,8 @@ class ServerProfile:
                     f"{self.evidence}; next attempt in {self.hold_off_s(now_s):.0f} s")
         era = {CURRENT: "current (output delay)", STATIC: "5.x-9.x (static delay)"}[shape]
         how = self.evidence or "not told yet: the plaintext hello does not say; older shape if refused"
-        return f"{era}: {how}"
+        noise = f"; {self.noise} Noise variant" if self.noise else ""
+        return f"{era}: {how}{noise}"
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False) | {"refused": list(self.refused)}
@@ -90,11 +94,13 @@ class ServerProfile:
         said = data.get("said_shape")
         refused = data.get("refused")
         at = data.get("refused_all_at_s")
+        noise = data.get("noise")
         return cls(
             said_shape=said if said in SHAPES else None,
             refused=tuple(s for s in refused if s in SHAPES) if isinstance(refused, list) else (),
             evidence=data["evidence"][:300] if isinstance(data.get("evidence"), str) else "",
-            refused_all_at_s=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None)
+            refused_all_at_s=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+            noise=noise if noise in (NOISE_CURRENT, NOISE_OLDER) else None)
 
 
 def said(profile: ServerProfile, shape: str, evidence: str) -> ServerProfile:
@@ -161,6 +167,14 @@ class ProfileKeeper:
     def delay_named(self, key: str) -> None:
         """The server named the delay ``key`` in a server/command."""
         self._keep(said(self.profile, DELAY_KEYS[key], f"its server/command named the delay {key}"))
+
+    def noise(self, variant: str) -> None:
+        """Our Noise handshake with this server completed in ``variant``."""
+        profile = attrs.evolve(self.profile, noise=variant)
+        if variant == NOISE_OLDER:
+            profile = said(profile, STATIC, "its Noise handshake is the 7.x-9.x variant "
+                                            "(message 1 names no psk_category)")
+        self._keep(profile)
 
     def sent(self, text: str, local_us: int) -> None:
         """Our client/state ``text`` went out at ``local_us``."""

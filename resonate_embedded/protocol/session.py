@@ -40,6 +40,7 @@ from resonate_embedded.protocol.messages import (
     client_goodbye_json, client_message_json, client_pair_finalize_json, client_pair_init_json,
     pair_abort_json, parse_server_message,
 )
+from resonate_embedded.protocol.noise_variant import OLDER as NOISE_OLDER
 from resonate_embedded.protocol.server_profile import (
     CURRENT, CURRENT_COMMANDS, ProfileKeeper, shape_player,
 )
@@ -123,7 +124,7 @@ class Session:
         self.started_local_us = local_now_us()
         self.last_received_local_us = self.started_local_us  # liveness, for the watchdog
         self._limited = LogLimiter(log)  # what the server can provoke is logged bounded
-        self._era: ProfileKeeper | None = None  # plaintext Sendspin: the server's era (shapes)
+        self._era: ProfileKeeper | None = None  # Sendspin: the server's era (shapes)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, server_hello: ServerHello | None = None) -> None:
@@ -199,7 +200,7 @@ class Session:
 
     @property
     def server_era(self) -> str | None:
-        """What this plaintext Sendspin server has shown of its release (None: not that)."""
+        """What this Sendspin server has shown of its release (None: a Resonate server)."""
         return self._era.summary() if self._era is not None else None
 
     @property
@@ -287,9 +288,14 @@ class Session:
         log.info("connected to server %r (%s), encrypted, %s PSK", hello.name, self._conn.server_id,
                  {"lt": "paired: long-term", "pr": "pairing", "sn": "unpaired: Sentinel"}
                  [self._conn.psk_category])
+        self._era = ProfileKeeper(self._state.server_profiles, self._save_state, self._conn.server_id)
+        self._era.noise(self._conn.noise_variant)
+        if self._era.choose() is None:
+            raise SessionRefused(f"server {self._conn.server_id} {self._era.summary()}")
         unpaired_access = self._security.unpaired_access if self._security else True
         spoken_code = self._security.spoken_code if self._security else False
-        await self._conn.send_text(self._hello.to_secure_json(unpaired_access, spoken_code))
+        await self._conn.send_text(self._hello.to_secure_json(
+            unpaired_access, spoken_code, older_noise=self._conn.noise_variant == NOISE_OLDER))
         activate = await self._expect(ServerActivate, ACTIVATE_TIMEOUT_S, "server/activate")
         await self._on_activate(activate)
         if not self._active_roles:

@@ -1,0 +1,114 @@
+"""Which Noise variant a server speaks: the current one (aiosendspin 10.x) or the older
+one (aiosendspin 7.x-9.x), recognised from the server's Noise message 1.
+
+What the two variants share, byte for byte: ``client/init`` (``client_id``, ``version``
+1, ``suite``), ``server/init`` (``server_id``, ``version`` 1: no field tells the
+variants apart), the prologue (wire bytes of client/init then server/init), the
+``Noise_KKpsk2`` pattern with the PSK mixed at message 2, the Sentinel PSK
+(SHA-256 of ``sendspin-sentinel-psk-v1``) and ``psk_id`` derivation, the message 2
+payload ``{}``, and type byte 0 = JSON in transport mode.
+
+What differs (older → current):
+
+* message 1 payload: ``{"psk_id"}`` → ``{"psk_id", "psk_category"}``.  The older
+  client resolves the PSK by ``psk_id`` alone (so do we: Sentinel, Pairing PSK, then
+  the long-term store, a misbinding to another ``server_id`` still failing);
+* a server with nothing to admit a client with closes after ``client/init`` → answers
+  ``server/error`` (the older one has no ``server/error``);
+* fragments: type 2 (first byte after it: the original type on the first fragment)
+  and 3 (last) → type 1 with a flags byte;
+* audio chunk header: 9 bytes (type, timestamp) → 13 (+ ``send_ahead``);
+* ``client/hello``: ``player@v1_support.supported_commands`` (volume, mute) is
+  required and ``supported_pair_methods`` is a list of ``{"method": …}``; the delay is
+  the *static* delay (``set_static_delay``), as in plaintext with those releases;
+* pairing: the older Dynamic PIN derivation differs, so only the Pairing PSK is offered.
+
+The variant is kept per ``server_id`` in the server profile (``server_profile.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+CURRENT = "current"
+OLDER = "older"
+CATEGORIES = ("lt", "pr", "sn")
+RESOLUTION_ORDER = ("sn", "pr", "lt")  # older variant: the category is found, not named
+AUDIO_HEADER_SIZE = {CURRENT: 13, OLDER: 9}
+OLDER_FRAG_MORE = 2
+OLDER_FRAG_END = 3
+
+
+class Message1Error(ValueError):
+    """The message 1 payload is not one of either variant."""
+
+
+@attrs.frozen
+class Message1:
+    psk_id: str
+    category: str | None  # None: the older variant names none
+
+    @property
+    def variant(self) -> str:
+        return OLDER if self.category is None else CURRENT
+
+    def categories(self) -> tuple[str, ...]:
+        """The PSK categories to look the ``psk_id`` up in, in order."""
+        return RESOLUTION_ORDER if self.category is None else (self.category,)
+
+
+def parse_message_1(plaintext: bytes) -> Message1:
+    try:
+        obj = json.loads(plaintext.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Message1Error("Noise message 1 payload is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise Message1Error("Noise message 1 payload is not an object")
+    psk_id, category = obj.get("psk_id"), obj.get("psk_category")
+    if not isinstance(psk_id, str) or len(psk_id) != 43:
+        raise Message1Error(f"Noise message 1 payload lacks a valid psk_id: {_keys(obj)}")
+    if category is not None and category not in CATEGORIES:
+        raise Message1Error(f"Noise message 1 names an unknown psk_category {str(category)[:20]!r}")
+    return Message1(psk_id, category)
+
+
+def _keys(obj: dict) -> str:
+    return "fields " + ", ".join(sorted(str(k)[:40] for k in obj)[:8]) if obj else "empty"
+
+
+def older_fragments(plaintext: bytes, cap: int) -> list[bytes]:
+    """``plaintext`` (type byte first) as older-variant fragments of at most ``cap`` bytes."""
+    data = memoryview(plaintext)[1:]
+    first = bytes([OLDER_FRAG_MORE, plaintext[0]]) + bytes(data[:cap - 2])
+    rest = [data[i:i + cap - 1] for i in range(cap - 2, len(data), cap - 1)]
+    return [first] + [bytes([OLDER_FRAG_END if i == len(rest) - 1 else OLDER_FRAG_MORE]) + bytes(c)
+                      for i, c in enumerate(rest)]
+
+
+class OlderReassembly:
+    """Reassembles older-variant fragments; ``ValueError`` on a malformed sequence."""
+
+    def __init__(self, limit: int) -> None:
+        self._buf: bytearray | None = None
+        self._limit = limit
+
+    @property
+    def in_flight(self) -> bool:
+        return self._buf is not None
+
+    def feed(self, plaintext: bytes) -> bytes | None:
+        """The whole message once its last fragment came (None: more to come)."""
+        if self._buf is None:
+            if plaintext[0] != OLDER_FRAG_MORE or len(plaintext) < 2 or plaintext[1] in (2, 3):
+                raise ValueError("malformed first fragment")
+            self._buf = bytearray(plaintext[1:])
+        else:
+            self._buf += plaintext[1:]
+        if len(self._buf) > self._limit:
+            raise ValueError("fragmented message too large")
+        if plaintext[0] != OLDER_FRAG_END:
+            return None
+        message, self._buf = bytes(self._buf), None
+        return message
