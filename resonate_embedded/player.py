@@ -41,7 +41,7 @@ from resonate_embedded.protocol.listener import IncomingConnection, open_listene
 from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
 )
-from resonate_embedded.protocol.server_profile import held_off
+from resonate_embedded.protocol.server_profile import handshake_failed, held_off
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
 from resonate_embedded.roles.announcement import AnnouncementRole
 from resonate_embedded.roles.hub import RoleHub
@@ -448,6 +448,15 @@ class Player:
                                               first_reply_timeout_s=plan.first_reply_timeout_s)
             except NotNoiseServer as exc:
                 return policy.decide(situation.after_init(exc.silent, str(exc)))
+            except HandshakeFailed as exc:
+                if isinstance(exc, InitRejected):
+                    raise
+                decision = policy.decide(situation.after_handshake_failed(str(exc)))
+                handshake_failed(self.state.server_profiles, exc.server_id or url,
+                                 f"{exc} (server/init {exc.seen or 'not received'})",
+                                 decision.action is policy.Action.PLAINTEXT, time.time())
+                self._store.save(self.state)
+                return decision
             if conn.psk_category == "lt":
                 self.pairings.mark_used(conn.server_id, url)
             await self._run_session(conn, url)

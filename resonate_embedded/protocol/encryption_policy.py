@@ -6,7 +6,7 @@ The rule, for the ``encryption`` setting:
 * ``required``: never plaintext.
 * ``auto``: Noise first (``client/init``).  Plaintext only with a server that cannot
   encrypt (a Resonate server; or one that left ``client/init`` unanswered or closed the
-  socket after it) and only if no paired server was ever reached at this address and
+  socket after it, or whose encrypted handshake could not be completed) and only if no paired server was ever reached at this address and
   either the speaker holds no pairing at all or the address is opted in
   (``plaintext_servers``).  An opt-in never covers an address where a paired server was
   reached.  So an attacker who drops ``client/init`` gets nothing from a speaker that
@@ -52,6 +52,7 @@ class Observed(enum.Enum):
     SILENT = "left client/init unanswered"
     CLOSED = "closed the socket after client/init, or answered something else"
     CLOSED_LAST_TIME = "closed the connection after client/init last time"
+    HANDSHAKE_FAILED = "answered client/init, but the encrypted handshake could not be completed"
 
 
 class Action(enum.Enum):
@@ -77,6 +78,11 @@ class Situation:
         server: ``silent`` (nothing came back), else closed or answered something else."""
         return attrs.evolve(self, observed=Observed.SILENT if silent else Observed.CLOSED,
                             seen=seen)
+
+    def after_handshake_failed(self, seen: str) -> Situation:
+        """This situation once the encrypted handshake failed after ``server/init`` (the
+        socket is closed)."""
+        return attrs.evolve(self, observed=Observed.HANDSHAKE_FAILED, seen=seen)
 
 
 def situation_for(config: Config, pairings: PairingStore, direction: Direction,
@@ -131,7 +137,7 @@ def decide(s: Situation) -> Decision:
     if barred:
         return Decision(Action.REFUSE, f"{seen}not an encrypted Sendspin server; "
                                        f"no plaintext fallback: {barred}")
-    if s.observed is Observed.CLOSED and s.direction == "listen":
+    if s.observed in (Observed.CLOSED, Observed.HANDSHAKE_FAILED) and s.direction == "listen":
         return Decision(Action.PLAINTEXT_NEXT_TIME,
                         f"{seen}not an encrypted Sendspin server: plaintext on its next connection")
     return Decision(Action.PLAINTEXT,

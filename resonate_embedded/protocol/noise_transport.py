@@ -50,8 +50,7 @@ from resonate_embedded.identity import Identity, b64url_decode, b64url_encode, p
 from resonate_embedded.pairing import PairingStore, psk_id_for
 from resonate_embedded.protocol.connection import Connection, Received
 from resonate_embedded.protocol.noise_variant import (
-    AUDIO_HEADER_SIZE, CURRENT, OLDER, OLDER_FRAG_END, OLDER_FRAG_MORE, Message1,
-    Message1Error, OlderReassembly, older_fragments, parse_message_1,
+    AUDIO_HEADER_SIZE, CURRENT, Message1, Message1Error, Reassembly, fragments, parse_message_1,
 )
 
 log = logging.getLogger(__name__)
@@ -73,17 +72,18 @@ MAX_PLAINTEXT = MAX_NOISE_MESSAGE - 16
 MAX_REASSEMBLED = 4 << 20
 
 MSG_JSON = 0
-MSG_FRAGMENT = 1
-TRANSPORT_TYPES = (1, 2, 3)  # fragment + reserved: never sent as application data
-FRAG_LAST = 0x01
-FRAG_FIRST = 0x02
-FRAG_RESERVED = 0xFC
+TRANSPORT_TYPES = (1, 2, 3)  # fragments (current: 1, older: 2/3): never application data
 
 _PLACEHOLDER_PSK = bytes(32)
 
 
 class HandshakeFailed(Exception):
-    """The handshake cannot complete; the connection has been closed silently."""
+    """The handshake cannot complete; the connection has been closed silently.
+
+    ``server_id`` (None before server/init) and ``seen`` (its server/init) say who failed."""
+
+    server_id: str | None = None
+    seen: str = ""
 
 
 class InitRejected(HandshakeFailed):
@@ -308,6 +308,7 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
     """
     init_text = client_init_json(identity.client_id, suite)
     await conn.send_text(init_text)
+    server_id, first = None, ""
     try:
         first = await _first_reply(conn, first_reply_timeout_s)
         msg_type, payload = _envelope(first)
@@ -334,7 +335,8 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
         exc.still_open = False
         await _silent_close(conn)
         raise
-    except HandshakeFailed:
+    except HandshakeFailed as exc:
+        exc.server_id, exc.seen = server_id, first[:300]
         await _silent_close(conn)
         raise
     except ConnectionClosed as exc:
@@ -384,7 +386,7 @@ class SecureConnection:
         self._raw = raw
         self.noise_variant = variant
         self.audio_header_size = AUDIO_HEADER_SIZE[variant]
-        self._older_reasm = OlderReassembly(MAX_REASSEMBLED) if variant == OLDER else None
+        self._reassembly = Reassembly(variant, MAX_REASSEMBLED)
         self._cipher = cipher
         self.server_id = server_id
         self.matched = matched
@@ -395,8 +397,6 @@ class SecureConnection:
         self._resolver = resolver
         self._send_lock = trio.Lock()
         self._quiet: trio.Event | None = None  # set while a re-handshake bars app messages
-        self._reasm: bytearray | None = None
-        self._reasm_type = 0
         self._broken: ChannelBroken | None = None
 
     @property
@@ -429,9 +429,8 @@ class SecureConnection:
             await self._fail("re-handshake not completed by a server/activate in time")
         if self._broken is not None:  # the re-handshake we waited out failed
             raise self._broken
-        frames = [plaintext] if len(plaintext) <= MAX_PLAINTEXT else (
-            _fragment(plaintext) if self._older_reasm is None
-            else older_fragments(plaintext, MAX_PLAINTEXT))
+        frames = ([plaintext] if len(plaintext) <= MAX_PLAINTEXT
+                  else fragments(self.noise_variant, plaintext, MAX_PLAINTEXT))
         async with self._send_lock:  # encrypt under the lock: nonce order must be wire order
             for frame in frames:
                 await _raw_send_bytes(self._raw, self._cipher.encrypt(frame))
@@ -466,39 +465,8 @@ class SecureConnection:
     async def _unframe(self, plaintext: bytes) -> bytes | None:
         if not plaintext:
             await self._fail("empty transport message")
-        kind = plaintext[0]
-        if self._older_reasm is not None:
-            return await self._unframe_older(plaintext)
-        if kind != MSG_FRAGMENT:
-            if self._reasm is not None:
-                await self._fail("unfragmented message inside a fragmented one")
-            return plaintext
-        if len(plaintext) < 2 or plaintext[1] & FRAG_RESERVED:
-            await self._fail("malformed fragment")
-        flags = plaintext[1]
-        if flags & FRAG_FIRST:
-            if self._reasm is not None or len(plaintext) < 3 or plaintext[2] == MSG_FRAGMENT:
-                await self._fail("malformed first fragment")
-            self._reasm, self._reasm_type = bytearray(plaintext[3:]), plaintext[2]
-        else:
-            if self._reasm is None:
-                await self._fail("continuation fragment without a first one")
-            self._reasm += plaintext[2:]
-        if len(self._reasm) > MAX_REASSEMBLED:
-            await self._fail("fragmented message too large")
-        if not flags & FRAG_LAST:
-            return None
-        message = bytes([self._reasm_type]) + bytes(self._reasm)
-        self._reasm = None
-        return message
-
-    async def _unframe_older(self, plaintext: bytes) -> bytes | None:
-        if plaintext[0] not in (OLDER_FRAG_MORE, OLDER_FRAG_END):
-            if self._older_reasm.in_flight:
-                await self._fail("unfragmented message inside a fragmented one")
-            return plaintext
         try:
-            return self._older_reasm.feed(plaintext)
+            return self._reassembly.feed(plaintext)
         except ValueError as exc:
             await self._fail(str(exc))
 
@@ -558,15 +526,3 @@ def _message_type(text: str) -> str | None:
     except (ValueError, RecursionError):
         return None
     return obj.get("type") if isinstance(obj, dict) else None
-
-
-def _fragment(plaintext: bytes) -> list[bytes]:
-    orig_type, data = plaintext[0], memoryview(plaintext)[1:]
-    first_cap, cont_cap = MAX_PLAINTEXT - 3, MAX_PLAINTEXT - 2
-    chunks = [data[:first_cap]] + [data[i:i + cont_cap] for i in range(first_cap, len(data), cont_cap)]
-    frames = []
-    for i, chunk in enumerate(chunks):
-        flags = FRAG_LAST if i == len(chunks) - 1 else 0
-        head = bytes([MSG_FRAGMENT, flags | FRAG_FIRST, orig_type]) if i == 0 else bytes([MSG_FRAGMENT, flags])
-        frames.append(head + bytes(chunk))
-    return frames

@@ -37,7 +37,11 @@ OLDER = "older"
 CATEGORIES = ("lt", "pr", "sn")
 RESOLUTION_ORDER = ("sn", "pr", "lt")  # older variant: the category is found, not named
 AUDIO_HEADER_SIZE = {CURRENT: 13, OLDER: 9}
-OLDER_FRAG_MORE = 2
+FRAGMENT = 1  # current: a flags byte follows
+FRAG_LAST = 0x01
+FRAG_FIRST = 0x02
+FRAG_RESERVED = 0xFC
+OLDER_FRAG_MORE = 2  # older: first or middle fragment (the first carries the original type)
 OLDER_FRAG_END = 3
 
 
@@ -78,37 +82,59 @@ def _keys(obj: dict) -> str:
     return "fields " + ", ".join(sorted(str(k)[:40] for k in obj)[:8]) if obj else "empty"
 
 
-def older_fragments(plaintext: bytes, cap: int) -> list[bytes]:
-    """``plaintext`` (type byte first) as older-variant fragments of at most ``cap`` bytes."""
+def fragments(variant: str, plaintext: bytes, cap: int) -> list[bytes]:
+    """``plaintext`` (type byte first) as ``variant``'s fragments of at most ``cap`` bytes."""
+    older = variant == OLDER
+    first_head = bytes([OLDER_FRAG_MORE, plaintext[0]] if older else [FRAGMENT, FRAG_FIRST, plaintext[0]])
     data = memoryview(plaintext)[1:]
-    first = bytes([OLDER_FRAG_MORE, plaintext[0]]) + bytes(data[:cap - 2])
-    rest = [data[i:i + cap - 1] for i in range(cap - 2, len(data), cap - 1)]
-    return [first] + [bytes([OLDER_FRAG_END if i == len(rest) - 1 else OLDER_FRAG_MORE]) + bytes(c)
-                      for i, c in enumerate(rest)]
+    first_cap, cont_cap = cap - len(first_head), cap - (1 if older else 2)
+    chunks = [data[:first_cap]] + [data[i:i + cont_cap] for i in range(first_cap, len(data), cont_cap)]
+    frames = []
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        if older:
+            head = first_head if i == 0 else bytes([OLDER_FRAG_END if last else OLDER_FRAG_MORE])
+        else:
+            head = bytes([FRAGMENT, (FRAG_FIRST if i == 0 else 0) | (FRAG_LAST if last else 0)]) + (
+                first_head[2:] if i == 0 else b"")
+        frames.append(head + bytes(chunk))
+    return frames
 
 
-class OlderReassembly:
-    """Reassembles older-variant fragments; ``ValueError`` on a malformed sequence."""
+class Reassembly:
+    """Reassembles ``variant``'s fragments; ``ValueError`` on a malformed sequence."""
 
-    def __init__(self, limit: int) -> None:
-        self._buf: bytearray | None = None
+    def __init__(self, variant: str, limit: int) -> None:
+        self._older = variant == OLDER
+        self._buf: bytearray | None = None  # original type byte first
         self._limit = limit
 
-    @property
-    def in_flight(self) -> bool:
-        return self._buf is not None
-
     def feed(self, plaintext: bytes) -> bytes | None:
-        """The whole message once its last fragment came (None: more to come)."""
-        if self._buf is None:
-            if plaintext[0] != OLDER_FRAG_MORE or len(plaintext) < 2 or plaintext[1] in (2, 3):
-                raise ValueError("malformed first fragment")
-            self._buf = bytearray(plaintext[1:])
-        else:
-            self._buf += plaintext[1:]
+        """The message ``plaintext`` completes: itself when it is no fragment, the whole
+        message on a last fragment, None while more are to come."""
+        kinds = (OLDER_FRAG_MORE, OLDER_FRAG_END) if self._older else (FRAGMENT,)
+        if plaintext[0] not in kinds:
+            if self._buf is not None:
+                raise ValueError("unfragmented message inside a fragmented one")
+            return plaintext
+        first, last, body = self._parse(plaintext)
+        if first != (self._buf is None) or (first and (not body or body[0] in kinds)):
+            raise ValueError("malformed first fragment" if first else
+                             "continuation fragment without a first one")
+        self._buf = bytearray(body) if first else self._buf + body
         if len(self._buf) > self._limit:
             raise ValueError("fragmented message too large")
-        if plaintext[0] != OLDER_FRAG_END:
+        if not last:
             return None
         message, self._buf = bytes(self._buf), None
         return message
+
+    def _parse(self, plaintext: bytes) -> tuple[bool, bool, bytes]:
+        """(first, last, body: the original type byte first on a first fragment)."""
+        if self._older:
+            if self._buf is None and plaintext[0] == OLDER_FRAG_END:
+                raise ValueError("a last fragment without a first one")
+            return self._buf is None, plaintext[0] == OLDER_FRAG_END, plaintext[1:]
+        if len(plaintext) < 2 or plaintext[1] & FRAG_RESERVED:
+            raise ValueError("malformed fragment")
+        return bool(plaintext[1] & FRAG_FIRST), bool(plaintext[1] & FRAG_LAST), plaintext[2:]
