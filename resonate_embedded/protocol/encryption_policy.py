@@ -134,14 +134,15 @@ def decide(s: Situation) -> Decision:
         return Decision(Action.ENCRYPT, barred or "plaintext allowed if it cannot encrypt",
                         fallback=barred is None)
     seen = f"{s.seen or 'it ' + s.observed.value}: "
+    cannot = ("its encrypted handshake could not be completed"
+              if s.observed is Observed.HANDSHAKE_FAILED else "not an encrypted Sendspin server")
     if barred:
-        return Decision(Action.REFUSE, f"{seen}not an encrypted Sendspin server; "
-                                       f"no plaintext fallback: {barred}")
+        return Decision(Action.REFUSE, f"{seen}{cannot}; no plaintext fallback: {barred}")
     if s.observed in (Observed.CLOSED, Observed.HANDSHAKE_FAILED) and s.direction == "listen":
-        return Decision(Action.PLAINTEXT_NEXT_TIME,
-                        f"{seen}not an encrypted Sendspin server: plaintext on its next connection")
-    return Decision(Action.PLAINTEXT,
-                    f"{seen}the server does not speak encrypted Sendspin: using plaintext")
+        return Decision(Action.PLAINTEXT_NEXT_TIME, f"{seen}{cannot}: plaintext on its next connection")
+    if s.observed is not Observed.HANDSHAKE_FAILED:
+        cannot = "the server does not speak encrypted Sendspin"
+    return Decision(Action.PLAINTEXT, f"{seen}{cannot}: using plaintext")
 
 
 # --------------------------------------------------------------------------- opt-in list
