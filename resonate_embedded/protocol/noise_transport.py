@@ -50,7 +50,7 @@ from resonate_embedded.identity import Identity, b64url_decode, b64url_encode, p
 from resonate_embedded.pairing import PairingStore, psk_id_for
 from resonate_embedded.protocol.connection import Connection, Received
 from resonate_embedded.protocol.noise_variant import (
-    AUDIO_HEADER_SIZE, CURRENT, Message1, Message1Error, Reassembly, fragments, parse_message_1,
+    AUDIO_HEADER_SIZE, CURRENT, QUIET_UNTIL, Message1, Message1Error, Reassembly, fragments, parse_message_1,
 )
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ class SecureConnection:
                     await self._fail("JSON message that is not UTF-8")
                 if '"noise/handshake"' in text and await self._maybe_rehandshake(text):
                     continue
-                if self._quiet is not None and _message_type(text) == "server/activate":
+                if self._quiet is not None and _message_type(text) == QUIET_UNTIL[self.noise_variant]:
                     self._end_quiet()
                 return Received(text, received.local_us)
             return Received(message, received.local_us)

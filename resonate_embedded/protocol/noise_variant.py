@@ -21,7 +21,10 @@ What differs (older → current):
 * ``client/hello``: ``player@v1_support.supported_commands`` (volume, mute) is
   required and ``supported_pair_methods`` is a list of ``{"method": …}``; the delay is
   the *static* delay (``set_static_delay``), as in plaintext with those releases;
-* pairing: the older Dynamic PIN derivation differs, so only the Pairing PSK is offered.
+* an in-band re-handshake (pairing) is followed by ``server/hello`` and our
+  ``client/hello`` again, then ``server/activate`` → by ``server/activate`` alone;
+* pairing: the older Dynamic PIN derivation differs, so only the Pairing PSK is offered;
+  its flow is ``client/pair-finalize`` alone (no ``client/pair-init`` before it).
 
 The variant is kept per ``server_id`` in the server profile (``server_profile.py``).
 """
@@ -37,6 +40,7 @@ OLDER = "older"
 CATEGORIES = ("lt", "pr", "sn")
 RESOLUTION_ORDER = ("sn", "pr", "lt")  # older variant: the category is found, not named
 AUDIO_HEADER_SIZE = {CURRENT: 13, OLDER: 9}
+QUIET_UNTIL = {CURRENT: "server/activate", OLDER: "server/hello"}  # after a re-handshake
 FRAGMENT = 1  # current: a flags byte follows
 FRAG_LAST = 0x01
 FRAG_FIRST = 0x02

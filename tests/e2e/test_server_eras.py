@@ -23,11 +23,12 @@ import trio
 
 from resonate_embedded.audio.volume import gain_q15
 from resonate_embedded.bench.harness import (
-    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv,
+    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv, start_test_server,
 )
 from resonate_embedded.bench.measure import summarize
 from resonate_embedded.bench.scenario import Scenario, ScenarioResult, run_scenario
 from resonate_embedded.clock.local import local_now_ns
+from test_encrypted_e2e import cli, operator_server_python, pair_by_token_then_reconnect
 
 pytestmark = pytest.mark.e2e
 
@@ -133,3 +134,27 @@ def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era
         assert "), encrypted, " in out, "the session was not encrypted"
         (profile,) = profiles.values()
         assert profile["noise"] == ("current" if era.name == "10.x" else "older"), profile
+
+
+NINE = older(9, name="9.x-noise", **NOISE)
+
+
+@requires_venv(NINE.python, NINE.venv)
+def test_9x_pairs_by_token_over_its_older_noise(tmp_path: Path, monkeypatch):
+    """The Pairing PSK flow with aiosendspin 9.x, as with 10.x (test_encrypted_e2e.py)."""
+    monkeypatch.delenv("RESONATE_TEST_AUTOTRUST", raising=False)  # the operator approves nobody
+    state = tmp_path / "state"
+    token_run = cli("pair-token", "--state-dir", str(state), "--no-qr")
+    client_id = token_run.stderr.split("client_id ")[1].split()[0]
+
+    async def main():
+        async with start_test_server(operator_server_python(tmp_path, NINE.python), port=0,
+                                     extra_args=list(NINE.server_args),
+                                     log_path=tmp_path / "server.log") as srv:
+            return await pair_by_token_then_reconnect(srv, tmp_path, state,
+                                                      token_run.stdout.strip(), client_id)
+
+    for player in trio.run(main):
+        assert "Traceback" not in player.output
+    (profile,) = json.loads((state / "state.json").read_text())["server_profiles"].values()
+    assert (profile["noise"], profile["said_shape"]) == ("older", "static"), profile
