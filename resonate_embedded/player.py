@@ -522,11 +522,16 @@ class Player:
             return None
         legacy = channel is conn and self.config.encryption != "off"
         session = self._new_session(channel, None, conn.dialect, legacy)
+        hello_came = False
         try:
             h = await session.handshake()
+            hello_came = True
         except SessionRefused as exc:
             log.error("%s: %s", conn.remote, exc)
             return None
+        finally:
+            if channel is conn and not hello_came:  # plaintext got no server/hello here
+                self._closed_after_init.forget(conn.host)
         if channel is not conn:
             if channel.psk_category == "lt":
                 self.pairings.mark_used(channel.server_id)
@@ -540,7 +545,7 @@ class Player:
         the encryption policy decides; None when refused (or plaintext only next time)."""
         situation = policy.situation_for(self.config, self.pairings, "listen", conn.dialect,
                                          (conn.host, None),
-                                         observed=self._closed_after_init.take(conn.host))
+                                         observed=self._closed_after_init.observed(conn.host))
         decision = policy.decide(situation)
         if decision.action is policy.Action.ENCRYPT:
             try:
