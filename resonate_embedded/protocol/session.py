@@ -265,9 +265,11 @@ class Session:
         return msg
 
     async def _send_state(self, state: ClientState) -> None:
-        """A plaintext client/state (a close right after it, unanswered, is a refusal)."""
+        """A plaintext client/state; a close right after the full one (the one that declares
+        the era's commands), unanswered, is a refusal."""
         text = state.to_json()
-        if self._era is not None:
+        if self._era is not None and state.player is not None \
+                and state.player.supported_commands is not None:
             self._era.sent(text, local_now_us())
         await self._conn.send_text(text)
 
