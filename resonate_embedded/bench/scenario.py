@@ -69,6 +69,7 @@ class Scenario:
 class ProcessUsage:
     cpu_s: float
     peak_rss_kb: int
+    packages: frozenset[str] = frozenset()  # installed packages whose native code is mapped
 
 
 @attrs.frozen
@@ -181,7 +182,19 @@ def usage_of(pid: int) -> ProcessUsage:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1])
-    return ProcessUsage(cpu, rss)
+    return ProcessUsage(cpu, rss, mapped_packages(pid))
+
+
+def mapped_packages(pid: int) -> frozenset[str]:
+    """Top-level site-packages directories with a shared object mapped in ``pid`` (e.g.
+    ``av`` once FFmpeg is loaded): what the process really loaded, seen from outside."""
+    names = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(None, 5)[-1]
+        if ".so" in path and "/site-packages/" in path:
+            top = path.split("/site-packages/", 1)[1].split("/", 1)[0]
+            names.add(top.removesuffix(".libs").split(".", 1)[0])
+    return frozenset(names)
 
 
 async def stop_process(proc: trio.Process, timeout_s: float = 10.0) -> int:

@@ -14,7 +14,8 @@ Figures, read from /proc for each player process:
 * ``cpu s/min``: utime + stime over a steady window that starts ``--settle``
   seconds after the start command (start-up and the first connection are
   excluded), divided by the window's length in minutes;
-* ``peak MB``: VmHWM, the peak resident set over the whole life of the process.
+* ``peak MB``: VmHWM, the peak resident set over the whole life of the process;
+* which installed packages have native code mapped at the end (``av`` = FFmpeg loaded).
 
 CPU seconds depend far less on the machine's load than wall time does; the load
 average is printed anyway. Exit status: 0 when every run played (whatever the
@@ -62,6 +63,7 @@ class Outcome:
     window_s: float = 0.0
     played_s: float = 0.0
     codec: str | None = None  # what the server actually streamed
+    packages: tuple[str, ...] = ()  # packages with native code loaded at the end of the window
     error: str | None = None
 
 
@@ -87,7 +89,7 @@ async def run_one(case: Case, kind: str, settle_s: float, window_s: float, workd
     codec = started[0].get("codec") if started else None
     error = None if fig.played_s > 0 else f"nothing played (exit {run.exit_code})"
     return Outcome(case.name, kind, fig.cpu_s_per_min, fig.rss_mb, res.streamed_s, fig.played_s,
-                   codec, error)
+                   codec, tuple(sorted(run.usage.packages)), error)
 
 
 async def run_case(case: Case, settle_s: float, window_s: float, out: Path,
@@ -124,6 +126,8 @@ def report(outcomes: list[Outcome], load_before: tuple[float, ...],
         lines.append(f"{o.case:<6} {o.kind:<10} {o.codec or '-':<6} {o.window_s:>8.1f} "
                      f"{_fmt(o.cpu_s_per_min, '.2f'):>9} {_fmt(o.peak_rss_mb, '.1f'):>8}  "
                      f"{o.error or ''}")
+    lines += ["", "Native code loaded at the end of the window (site-packages):"]
+    lines += [f"  {o.case:<6} {o.kind:<10} {' '.join(o.packages) or '-'}" for o in outcomes]
     lines += ["", "Targets (ours):"]
     for case in CASES:
         ours = next((o for o in outcomes if o.case == case.name and o.kind == "ours"), None)
