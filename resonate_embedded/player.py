@@ -24,7 +24,7 @@ from trio_websocket import HandshakeError
 from resonate_embedded import __version__
 from resonate_embedded.audio.alsa_output import OutputConfig
 from resonate_embedded.audio.commands import EndStream, SetOutputDelay, SetVolume
-from resonate_embedded.audio.decoders import decodable_formats, preload
+from resonate_embedded.audio.decoders import decodable_formats
 from resonate_embedded.audio.writer import Writer
 from resonate_embedded.clock.sync import ClockSync
 from resonate_embedded.config import Config, ConfigError
@@ -163,7 +163,6 @@ class Player:
         formats = tuple(f for f in self.config.formats if (f.codec, f.bit_depth) in usable)
         if not formats:
             raise SystemExit("none of the configured formats can be decoded by this build")
-        preload(formats)
         byte_rate = max(f.sample_rate * f.channels * f.bit_depth // 8 for f in formats)
         # An encrypted session's client_id is the public key (client/init); --client-id
         # only renames the speaker towards plaintext-only servers.
