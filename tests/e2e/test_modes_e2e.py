@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 import trio
 
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_era_python, find_resonate_python,
     find_sendspin2_python, find_server_python, missing_venv_reason, requires_venv,
     start_test_server,
 )
-from resonate_embedded.bench.measure import ChunkTable, Matched, match, summarize
-from resonate_embedded.bench.mitm import CLOSE, Mitm
-from resonate_embedded.bench.scenario import stop_process
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.measure import ChunkTable, Matched, match, summarize
+from resonate_bench.mitm import CLOSE, Mitm
+from resonate_bench.scenario import stop_process
+from resonate_bench.paced_log import read_paced_log
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ from /proc before the player is stopped.
 Options on top of that (all off by default):
 
 * ``player="reference"`` runs the reference player (``sendspin daemon`` 9.x,
-  see :mod:`resonate_embedded.bench.reference`) on the same kind of paced device;
-* ``netem`` puts the delaying proxy (:mod:`resonate_embedded.bench.netem`)
+  see :mod:`resonate_bench.reference`) on the same kind of paced device;
+* ``netem`` puts the delaying proxy (:mod:`resonate_bench.netem`)
   between the player(s) and the server;
 * ``cpu_hog`` runs a busy-loop process pinned to the last CPU while streaming;
 * ``group_ppm`` adds more players of the same kind (one per entry, with that
@@ -37,10 +37,10 @@ import attrs
 import numpy as np
 import trio
 
-from resonate_embedded.bench.harness import TestServer, find_server_python, start_test_server
-from resonate_embedded.bench.measure import ChunkTable, Matched, match
-from resonate_embedded.bench.netem import NetemConfig, open_netem
-from resonate_embedded.paced.log import PacedLog, read_paced_log
+from resonate_bench.harness import TestServer, find_server_python, start_test_server
+from resonate_bench.measure import ChunkTable, Matched, match
+from resonate_bench.netem import NetemConfig, open_netem
+from resonate_bench.paced_log import PacedLog, read_paced_log
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -111,7 +111,7 @@ class ScenarioResult:
 _TRUST_WRAPPER = '''\
 """Run the harness server, approving every encrypted unpaired client for playback.
 
-Written by resonate_embedded/bench/scenario.py: aiosendspin 10 activates no roles
+Written by tests/harness/resonate_bench/scenario.py: aiosendspin 10 activates no roles
 for an unpaired Noise client until the server calls trust_unpaired() (the operator's
 "approve this speaker"); this does that for every such connection. Plaintext clients
 are not affected.
@@ -253,7 +253,7 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
     if server_python is None:
         raise RuntimeError("no Python with aiosendspin 10.x for the test server")
     if sc.player == "reference":
-        from resonate_embedded.bench import reference
+        from resonate_bench import reference
 
         if ref_python is None:
             ref_python, why = reference.find_reference_python()
@@ -347,7 +347,7 @@ async def _launch(sc: Scenario, name: str, ppm: float, url: str, workdir: Path,
     log_path.unlink(missing_ok=True)
     env = None
     if sc.player == "reference":
-        from resonate_embedded.bench.reference import reference_command
+        from resonate_bench.reference import reference_command
 
         assert ref_python is not None
         cmd, env = reference_command(
