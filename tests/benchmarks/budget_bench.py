@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from resonate_embedded.bench.harness import find_server_python  # noqa: E402
-from resonate_embedded.bench.reference import find_reference_python  # noqa: E402
-from resonate_embedded.bench.scenario import Scenario, figures, run_scenario  # noqa: E402
+from resonate_bench.harness import find_server_python  # noqa: E402
+from resonate_bench.reference import find_reference_python  # noqa: E402
+from resonate_bench.scenario import Scenario, figures, run_scenario  # noqa: E402
 
 
 @attrs.frozen

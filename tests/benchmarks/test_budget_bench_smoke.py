@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resonate_embedded.bench.harness import find_server_python
+from resonate_bench.harness import find_server_python
 
 pytestmark = pytest.mark.e2e
 
