@@ -24,8 +24,8 @@ Guarantees (tests: ``tests/unit/test_amplifier.py``):
 
 The GPIO layer is the small :class:`PowerSwitch` protocol: :class:`GpiodSwitch` (the
 official libgpiod Python bindings, v2 API from PyPI ``gpiod`` ≥ 2, or the v1 API of
-Debian bookworm's ``python3-libgpiod`` 1.6) and :class:`FakeChip` for tests and machines
-without a GPIO chip.
+Debian bookworm's ``python3-libgpiod`` 1.6); the test bench's ``resonate_bench.fake_chip``
+stands in for it in tests.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-import attrs
 import trio
 
 log = logging.getLogger(__name__)
@@ -117,31 +116,6 @@ class GpiodSwitch:
             self._request = None
             if not self._v2:  # pragma: no cover
                 self._chip.close()
-
-
-@attrs.define
-class FakeChip:
-    """A GPIO line that records what it was told: ``(time, "on"|"off"|"close")``, time
-    from ``clock`` (trio's, so a MockClock drives it).  ``fail_open`` makes
-    :func:`open_switch` fail as a missing chip would."""
-
-    clock: object = trio.current_time
-    transitions: list[tuple[float, str]] = attrs.field(factory=list)
-    level: bool = False
-    closed: bool = False
-
-    def on(self) -> None:
-        self.level = True
-        self.transitions.append((self.clock(), "on"))
-
-    def off(self) -> None:
-        self.level = False
-        self.transitions.append((self.clock(), "off"))
-
-    def close(self) -> None:
-        self.level = False
-        self.closed = True
-        self.transitions.append((self.clock(), "close"))
 
 
 class Amplifier:

@@ -265,8 +265,12 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from resonate_embedded.demo import run_demo
-
+    try:
+        from resonate_bench.demo import run_demo
+    except ImportError:
+        print("error: the demo runs from a source checkout: `bash .ci/setup` installs its "
+              "test bench (tests/harness)", file=sys.stderr)
+        return 2
     return run_demo(args)
 
 

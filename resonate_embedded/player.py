@@ -24,7 +24,7 @@ from trio_websocket import HandshakeError
 from resonate_embedded import __version__
 from resonate_embedded.audio.alsa_output import OutputConfig
 from resonate_embedded.audio.commands import EndStream, SetOutputDelay, SetVolume
-from resonate_embedded.audio.decoders import decodable_formats, preload
+from resonate_embedded.audio.decoders import decodable_formats
 from resonate_embedded.audio.writer import Writer
 from resonate_embedded.clock.sync import ClockSync
 from resonate_embedded.config import Config, ConfigError
@@ -163,7 +163,6 @@ class Player:
         formats = tuple(f for f in self.config.formats if (f.codec, f.bit_depth) in usable)
         if not formats:
             raise SystemExit("none of the configured formats can be decoded by this build")
-        preload(formats)
         byte_rate = max(f.sample_rate * f.channels * f.bit_depth // 8 for f in formats)
         # An encrypted session's client_id is the public key (client/init); --client-id
         # only renames the speaker towards plaintext-only servers.
@@ -531,11 +530,16 @@ class Player:
             return None
         legacy = channel is conn and self.config.encryption != "off"
         session = self._new_session(channel, None, conn.dialect, legacy)
+        hello_came = False
         try:
             h = await session.handshake()
+            hello_came = True
         except SessionRefused as exc:
             log.error("%s: %s", conn.remote, exc)
             return None
+        finally:
+            if channel is conn and not hello_came:  # plaintext got no server/hello here
+                self._closed_after_init.forget(conn.host)
         if channel is not conn:
             if channel.psk_category == "lt":
                 self.pairings.mark_used(channel.server_id)
@@ -549,7 +553,7 @@ class Player:
         the encryption policy decides; None when refused (or plaintext only next time)."""
         situation = policy.situation_for(self.config, self.pairings, "listen", conn.dialect,
                                          (conn.host, None),
-                                         observed=self._closed_after_init.take(conn.host))
+                                         observed=self._closed_after_init.observed(conn.host))
         decision = policy.decide(situation)
         if decision.action is policy.Action.ENCRYPT:
             try:

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY, MISSING_VENV
+from resonate_bench.harness import MISSING_DEPENDENCY, MISSING_VENV
 
 pytest_plugins = ["pytester"]
 

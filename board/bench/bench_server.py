@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The aiosendspin 10 test server plus the bench test signal (``"signal": "bench"``).
 
-Runs ``resonate_embedded/bench/sendspin_test_server.py`` unchanged (same flags, commands
-and events, see resonate_embedded/bench/README.md) with one more signal: the indexed chirps
+Runs ``tests/harness/resonate_bench/sendspin_test_server.py`` unchanged (same flags, commands
+and events, see tests/harness/resonate_bench/README.md) with one more signal: the indexed chirps
 of ``board/bench/testsignal.py``, a pure function of the frame index K like ``index``, so
 chunking, clears and late joins do not change it. Run with the server venv's Python
 (``.venv-server/bin/python``); it never imports resonate_embedded::

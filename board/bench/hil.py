@@ -252,10 +252,10 @@ class Recorder:
 async def bench_server(cfg: ServerCfg, **kw):
     """The aiosendspin 10 test server with the ``bench`` signal, reachable by the boards.
 
-    Reuses resonate_embedded/bench/harness.py (process, JSON-line commands and events)."""
+    Reuses tests/harness/resonate_bench/harness.py (process, JSON-line commands and events)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from resonate_embedded.bench.harness import find_server_python, start_test_server
+    from resonate_bench.harness import find_server_python, start_test_server
 
     python = cfg.python or find_server_python()
     extra = ["--advertise", "--discover-clients"] if cfg.discovery else []

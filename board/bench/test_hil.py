@@ -2,7 +2,7 @@
 bench config). Run on the bench host: ``.venv/bin/python -m pytest board/bench --hil -v``.
 
 Every test starts the aiosendspin 10 test server with the bench signal on the bench host
-(resonate_embedded/bench/harness.py via hil.bench_server), drives the boards over ssh and
+(tests/harness/resonate_bench/harness.py via hil.bench_server), drives the boards over ssh and
 records their line outputs with arecord. Thresholds come from the config's [thresholds].
 """
 

@@ -15,7 +15,7 @@
  *
  * Optionally every played frame is logged, with its exact timing, to a
  * binary file (see README.md in this directory for the format and
- * resonate_embedded/paced/log.py for the reader).
+ * tests/harness/resonate_bench/paced_log.py for the reader).
  *
  * All timeline arithmetic is exact integer arithmetic in ns with 128-bit
  * intermediates: ppm is quantised to 1e-6 ppm (ppm_u = round(ppm * 1e6)) and

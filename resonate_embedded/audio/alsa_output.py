@@ -118,7 +118,7 @@ class AlsaOutput:
         if self._shift:
             data = data.astype(self._dtype) << self._shift
         try:
-            written = self._pcm.write(np.ascontiguousarray(data).tobytes())
+            written = self._pcm.write(np.ascontiguousarray(data))
         except alsaaudio.ALSAAudioError as exc:  # -EIO, -ENODEV, a failed re-prepare, ...
             raise DeviceLost(f"write failed: {exc}") from None
         if written == -errno.EPIPE:

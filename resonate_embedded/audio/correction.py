@@ -14,7 +14,8 @@ Guarantees:
   and the learned residual is held, so with a stable clock no frames are touched;
 - frames not at a correction point are passed through bit-exact; a correction
   point replaces two neighbours by their mean (drop) or adds their mean between
-  them (insert), using integer arithmetic only.
+  them (insert), using integer arithmetic on those frames only (:func:`correct_into`
+  writes into a caller's buffer: nothing is allocated).
 """
 
 from __future__ import annotations
@@ -88,21 +89,40 @@ class CorrectionScheduler:
 
 
 def corrected_block(block: np.ndarray, corrections: int) -> np.ndarray:
-    """``block`` with ``corrections`` frames dropped (>0) or inserted (<0), spread evenly."""
+    """``block`` with ``corrections`` frames dropped (>0) or inserted (<0), spread evenly
+    (at most half the block's frames; ``block`` itself when there is nothing to do)."""
     n = block.shape[0]
-    k = abs(corrections)
-    if k == 0 or n < 2:
+    k = min(abs(corrections), n // 2) if n >= 2 else 0
+    if k == 0:
         return block
-    k = min(k, n // 2)
-    # correction points strictly inside the block: 1 .. n-1
-    points = 1 + (np.arange(k, dtype=np.int64) * 2 + 1) * (n - 1) // (2 * k)
-    wide = block.astype(np.int32) if block.dtype == np.int16 else block.astype(np.int64)
-    means = ((wide[points - 1] + wide[points]) >> 1).astype(block.dtype)
-    if corrections > 0:
-        out = block.copy()
-        out[points - 1] = means
-        return np.delete(out, points, axis=0)
-    return np.insert(block, points, means, axis=0)
+    out = np.empty((n - k if corrections > 0 else n + k, block.shape[1]), dtype=block.dtype)
+    correct_into(block, k if corrections > 0 else -k, out)
+    return out
+
+
+def correct_into(src: np.ndarray, corrections: int, out: np.ndarray) -> None:
+    """Write ``src`` with ``corrections`` frames dropped (>0) or inserted (<0) into ``out``,
+    which holds ``len(src) - corrections`` frames; ``|corrections| <= len(src) // 2``.
+
+    The correction points lie strictly inside ``src``, evenly spread; a drop replaces the
+    two frames at a point by their mean, an insert puts their mean between them.  Only
+    slices are copied and only the blended frames are computed (integers, no block-sized
+    temporary).
+    """
+    n = src.shape[0]
+    k = abs(corrections)
+    drop = corrections > 0
+    o = s = 0  # next frame of out to write, next frame of src to copy
+    for i in range(k):
+        p = 1 + (2 * i + 1) * (n - 1) // (2 * k)  # the point: between src[p - 1] and src[p]
+        head = p - 1 - s if drop else p - s
+        out[o:o + head] = src[s:s + head]
+        o += head
+        for c in range(src.shape[1]):
+            out[o, c] = (int(src[p - 1, c]) + int(src[p, c])) >> 1
+        o += 1
+        s = p + 1 if drop else p
+    out[o:] = src[s:]
 
 
 @attrs.define

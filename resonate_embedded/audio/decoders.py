@@ -17,11 +17,14 @@ holding sign-extended 24-bit values for 24-bit.  Bad input raises
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
 from typing import Protocol
 
 import attrs
 import numpy as np
+import trio
 
 from resonate_embedded.audio.formats import PcmShape, StreamFormat
 
@@ -33,6 +36,8 @@ FLAC_STREAMINFO_BLOCK_TYPE = 0
 OPUS_HEAD_MAGIC = b"OpusHead"
 OPUS_HEAD_BYTES = 19
 LAYOUTS = {1: "mono", 2: "stereo"}
+AV_CODECS = ("flac", "opus")  # decoded through PyAV
+AV_MODULE = "resonate_embedded.audio.av_decoders"
 
 
 class DecodeError(Exception):
@@ -93,14 +98,17 @@ def decodable_formats() -> list[tuple[str, int]]:
     return formats
 
 
-def preload(formats) -> None:
-    """Load FFmpeg now if any of ``formats`` needs it.
+async def open_decoder(fmt: StreamFormat, codec_header: bytes | None) -> Decoder:
+    """:func:`make_decoder`, loading FFmpeg (PyAV) only when a stream needs it.
 
-    Importing it takes a good fraction of a second; done at start-up, never in
-    the middle of a stream where it would starve the audio writer.
+    The first FLAC or Opus stream imports it in a worker thread (a good fraction of a
+    second), so the event loop, and with it the writer playing what is queued, never
+    waits on the import; a speaker that only ever plays PCM never loads it.
     """
-    if any(f.codec in ("flac", "opus") for f in formats) and importlib.util.find_spec("av"):
-        import resonate_embedded.audio.av_decoders  # noqa: F401
+    if (fmt.codec in AV_CODECS and AV_MODULE not in sys.modules
+            and importlib.util.find_spec("av") is not None):
+        await trio.to_thread.run_sync(importlib.import_module, AV_MODULE)
+    return make_decoder(fmt, codec_header)
 
 
 def make_decoder(fmt: StreamFormat, codec_header: bytes | None) -> Decoder:
@@ -112,7 +120,7 @@ def make_decoder(fmt: StreamFormat, codec_header: bytes | None) -> Decoder:
     pcm_ok = fmt.bit_depth in (16, 24) and fmt.channels > 0 and fmt.sample_rate > 0
     if fmt.codec == "pcm" and pcm_ok:
         return PcmDecoder(fmt.pcm_shape())
-    if fmt.codec in ("flac", "opus") and importlib.util.find_spec("av") is not None:
+    if fmt.codec in AV_CODECS and importlib.util.find_spec("av") is not None:
         from resonate_embedded.audio.av_decoders import make_av_decoder
 
         return make_av_decoder(fmt, codec_header)

@@ -212,23 +212,37 @@ class TimestampedQueue:
 
     # ----------------------------------------------------------------- reading
     def read(self, position: int, frames: int) -> ReadResult:
-        """Frames [position, position + frames) of the head segment."""
+        """Frames [position, position + frames) of the head segment, in a new array."""
+        head = self.head
+        if head is None:
+            raise LookupError("read from an empty queue")
+        out = np.empty((frames, head.shape.channels), dtype=head.shape.dtype)
+        return ReadResult(out, self.read_into(position, out))
+
+    def read_into(self, position: int, out: np.ndarray) -> int:
+        """Fill ``out`` (frames, channels) with frames [position, position + len(out)) of the
+        head segment, gaps as zeros; returns how many came from chunks.  Allocates nothing."""
         head = self.head
         if head is None:
             raise LookupError("read from an empty queue")
         self._discard_before(head, position)
-        out = np.zeros((frames, head.shape.channels), dtype=head.shape.dtype)
-        stop = position + frames
+        stop = position + out.shape[0]
+        filled = position  # everything before this frame is written
         audio = 0
         for chunk in head.chunks:
             if chunk.start >= stop:
                 break
             lo, hi = max(chunk.start, position), min(chunk.end, stop)
             if hi > lo:
+                if lo > filled:
+                    out[filled - position:lo - position] = 0
                 out[lo - position:hi - position] = chunk.pcm[lo - chunk.start:hi - chunk.start]
+                filled = hi
                 audio += hi - lo
+        if filled < stop:
+            out[filled - position:] = 0
         self._discard_before(head, stop)
-        return ReadResult(out, audio)
+        return audio
 
     def _discard_before(self, seg: Segment, position: int) -> None:
         while seg.chunks and seg.chunks[0].end <= position:

@@ -30,6 +30,7 @@ class VolumeStage:
         self._target = UNITY_Q15
         self._from = UNITY_Q15  # where the ramp in progress started
         self._done = 0  # frames of it already applied
+        self._scratch: np.ndarray | None = None
 
     @property
     def target_q15(self) -> int:
@@ -52,19 +53,44 @@ class VolumeStage:
 
     def apply(self, block: np.ndarray) -> np.ndarray:
         """Scale a (frames, channels) int16/int32 block; returns a new array or ``block``."""
-        n = block.shape[0]
-        if n == 0 or (self._gain == self._target == UNITY_Q15):
+        if block.shape[0] == 0 or self.at_unity:
             return block
+        out = block.copy()
+        self.apply_in_place(out)
+        return out
+
+    @property
+    def at_unity(self) -> bool:
+        """Unity gain and no ramp: blocks pass bit-exact."""
+        return self._gain == self._target == UNITY_Q15
+
+    def apply_in_place(self, block: np.ndarray) -> None:
+        """Scale ``block`` (frames, channels, int16/int32) in place.  At a steady gain
+        nothing is allocated (the products go through a scratch buffer kept here)."""
+        n = block.shape[0]
+        if n == 0 or self.at_unity:
+            return
         if self._gain == self._target:
-            return _scale(block, np.int64(self._gain))
-        step = self._target - self._from
-        k = np.arange(self._done + 1, self._done + n + 1, dtype=np.int64)
-        ramp = self._from + (step * np.minimum(k, self._ramp_frames)) // self._ramp_frames
-        self._done += n
-        self._gain = int(ramp[-1])
-        return _scale(block, ramp[:, None])
+            gain: int | np.ndarray = self._gain
+        else:
+            step = self._target - self._from
+            k = np.arange(self._done + 1, self._done + n + 1, dtype=np.int64)
+            ramp = self._from + (step * np.minimum(k, self._ramp_frames)) // self._ramp_frames
+            self._done += n
+            self._gain = int(ramp[-1])
+            gain = ramp[:, None]
+        wide = self._wide(block)
+        np.copyto(wide, block)
+        np.multiply(wide, gain, out=wide, casting="unsafe")
+        np.right_shift(wide, 15, out=wide)
+        np.copyto(block, wide, casting="unsafe")
 
-
-def _scale(block: np.ndarray, gain: np.ndarray | np.int64) -> np.ndarray:
-    wide = block.astype(np.int64) * gain
-    return (wide >> 15).astype(block.dtype)
+    def _wide(self, block: np.ndarray) -> np.ndarray:
+        """Scratch of ``block``'s shape wide enough for sample × Q15 gain (int16: int32,
+        24-bit in int32: int64), reused from block to block."""
+        dtype = np.int32 if block.dtype == np.int16 else np.int64
+        if (self._scratch is None or self._scratch.dtype != dtype
+                or self._scratch.shape[0] < block.shape[0]
+                or self._scratch.shape[1] != block.shape[1]):
+            self._scratch = np.empty(block.shape, dtype=dtype)
+        return self._scratch[:block.shape[0]]

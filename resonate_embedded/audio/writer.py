@@ -10,6 +10,8 @@ and compares it with the server time of the next frame in the queue.
   playback begins already aligned (silence before the first chunk's instant,
   or skipping what is already late): no audible pull-in at start, resume or
   track change.
+- It wakes every ``WRITE_INTERVAL_US`` (at most half the device buffer) and fills the
+  buffer: few wake-ups, the device never more than half empty.
 - Then a PI loop drops or inserts single blended frames at ≤ 0.2 % to absorb
   crystal drift; errors above ``HARD_RESYNC_US`` are realigned in one step.
 - Underrun: mute, report ``error``, re-prime, realign, ramp the volume back in,
@@ -46,7 +48,7 @@ from resonate_embedded.audio.commands import (
     EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume, WriterCommand,
 )
 from resonate_embedded.audio.correction import (
-    CorrectionScheduler, DacRateEstimator, RateController, corrected_block,
+    CorrectionScheduler, DacRateEstimator, RateController, correct_into,
 )
 from resonate_embedded.audio.timeline import (
     MAX_QUEUED_SECONDS, Segment, TimestampedQueue, frames_between,
@@ -61,6 +63,9 @@ from resonate_embedded.clock.local import local_now_ns, local_now_us
 log = logging.getLogger(__name__)
 
 HARD_RESYNC_US = 5_000
+# While playing, the writer wakes once per this much audio (at most half the device buffer):
+# each wake-up costs CPU, so it tops the buffer up in a few large blocks, not every period.
+WRITE_INTERVAL_US = 60_000
 VOLUME_RAMP_US = 10_000
 OPEN_RETRY_S = 1.0
 HEARTBEAT_S = 1.0
@@ -130,6 +135,7 @@ class Writer:
         self._scheduler = CorrectionScheduler()
         self._dac_rate = DacRateEstimator(48000)
         self._interrupted = False
+        self._buffers: dict[str, np.ndarray] = {}  # see _buffer
         self._last_refusal_us: dict[str, int] = {}  # refusals: one log line per kind and episode
         self._starved_since_us: int | None = None
         self._starved_reported = False
@@ -217,10 +223,11 @@ class Writer:
             self._emit(f"announcement:{self._announcement.state}")
 
     def _output_block(self, block: np.ndarray, rate: int, dac_local_us: int) -> np.ndarray:
-        """Master volume, and the announcement mixed in while one is on (the block's
-        frames and timing are the media's, untouched)."""
+        """Master volume (in place: ``block`` is the writer's), and the announcement mixed
+        in while one is on (the block's frames and timing are the media's, untouched)."""
         if not self._announcement.busy:
-            return self._volume.apply(block)
+            self._volume.apply_in_place(block)
+            return block
         out = self._announcement.mix(block, rate, dac_local_us, self._muted, self._volume,
                                      local_now_us())
         self._report_announcement()
@@ -402,17 +409,18 @@ class Writer:
                     last_measure_ns: int | None) -> tuple[int | None, int | None, bool]:
         """One wake-up: measure, correct, write.  Returns (position, last_measure_ns, done)."""
         self.stats.heartbeat_local_us = local_now_ns() // 1000
-        silence = np.zeros((out.period_size, seg.shape.channels), dtype=seg.shape.dtype)
         if not out.running():
-            out.write(silence)
+            out.write(self._silence(out.period_size, seg.shape))
             return position, last_measure_ns, False
+        if position is not None:  # playing: let WRITE_INTERVAL_US of audio go out first
+            await trio.sleep(min(WRITE_INTERVAL_US, out.buffer_size * 500_000 // out.rate) / 1e6)
         with trio.move_on_after(max(0.05, 4 * out.period_size / out.rate)):
             await out.wait_writable()
         report = out.report()
         mapping = self._clock.mapping
         if mapping is None:
             self.stats.state = "waiting_clock"
-            out.write(np.zeros((report.avail, seg.shape.channels), dtype=seg.shape.dtype))
+            out.write(self._silence(report.avail, seg.shape))
             return position, last_measure_ns, False
         next_dac_local_us = self._next_dac_local_us(out, report)
         next_server_us = mapping.server_from_local(next_dac_local_us)
@@ -491,16 +499,22 @@ class Writer:
         if error_us > 0:
             return position + frames_between(0, error_us, out.rate)
         silence = min(frames_between(0, -error_us, out.rate), out.buffer_size)
-        out.write(np.zeros((silence, seg.shape.channels), dtype=seg.shape.dtype))
+        out.write(self._silence(silence, seg.shape))
         return position
 
     def _write_block(self, out: AlsaOutput, seg: Segment, position: int, avail: int,
                      dac_local_us: int) -> int:
+        """Read, correct, scale and write ``avail`` frames through the writer's own buffers:
+        at unity volume with no correction due nothing is allocated."""
         if avail <= 0:
             return position
         corrections = self._scheduler.frames_for(avail, self._controller.ppm)
-        block = self._queue.read(position, avail + corrections).pcm
-        block = corrected_block(block, corrections)
+        raw = self._buffer("raw", avail + corrections, seg.shape)
+        self._queue.read_into(position, raw)
+        block = raw
+        if corrections:
+            block = self._buffer("corrected", avail, seg.shape)
+            correct_into(raw, corrections, block)
         if corrections > 0:
             self.stats.frames_dropped += corrections
         else:
@@ -510,6 +524,20 @@ class Writer:
         if written != block.shape[0]:
             log.warning("device took %d of %d frames", written, block.shape[0])
         return position + avail + corrections
+
+    def _buffer(self, name: str, frames: int, shape: PcmShape) -> np.ndarray:
+        """The first ``frames`` of a buffer kept from block to block (grown when needed)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < frames or buf.shape[1:] != (shape.channels,) \
+                or buf.dtype != shape.dtype:
+            buf = self._buffers[name] = np.empty((max(frames, 4096), shape.channels),
+                                                 dtype=shape.dtype)
+        return buf[:frames]
+
+    def _silence(self, frames: int, shape: PcmShape) -> np.ndarray:
+        silence = self._buffer("silence", frames, shape)
+        silence[:] = 0
+        return silence
 
     def _recover(self, out: AlsaOutput) -> None:
         """Underrun: mute, tell the server, restart the device; the caller realigns."""

@@ -19,8 +19,10 @@ Where the server's answer decides: dialling, a server that does not speak Noise 
 redialled in plaintext at once; being dialled, one that stays silent gets the plaintext
 hello on the same socket, and one that closed the socket after ``client/init``
 (aiosendspin 5.x/6.x cannot parse it) is answered in plaintext on its next connection
-from the same host (:class:`ClosedAfterInit`, consumed by that connection, so each new
-connection tries Noise first again).
+from the same host, and on every one after while those reach a ``server/hello``
+(:class:`ClosedAfterInit`): an old server's redials cost no extra connection, and a host
+whose plaintext connection ends before a ``server/hello`` (it learned Noise, or another
+server took its address) is tried with Noise first again.
 """
 
 from __future__ import annotations
@@ -193,10 +195,11 @@ def opted_in(entries: Iterable[str], host: str, port: int | None) -> bool:
 
 
 class ClosedAfterInit:
-    """Hosts whose last connection closed right after ``client/init`` (bounded, LRU).
+    """Hosts that closed the connection right after ``client/init`` (bounded, LRU).
 
-    :meth:`take` consumes the mark, so only the next connection from that host is
-    answered in plaintext without trying Noise first."""
+    A host is answered in plaintext without trying Noise first from the connection after
+    :meth:`remember` on, until :meth:`forget` (its plaintext connection ended before a
+    ``server/hello``)."""
 
     def __init__(self, capacity: int = MEMORY_HOSTS) -> None:
         self._hosts: OrderedDict[str, None] = OrderedDict()
@@ -208,10 +211,9 @@ class ClosedAfterInit:
         while len(self._hosts) > self._capacity:
             self._hosts.popitem(last=False)
 
-    def take(self, host: str) -> Observed:
-        """CLOSED_LAST_TIME if ``host`` closed after ``client/init`` last time (and forget
-        it), else NOTHING_YET."""
-        if host not in self._hosts:
-            return Observed.NOTHING_YET
-        del self._hosts[host]
-        return Observed.CLOSED_LAST_TIME
+    def forget(self, host: str) -> None:
+        self._hosts.pop(host, None)
+
+    def observed(self, host: str) -> Observed:
+        """CLOSED_LAST_TIME if ``host`` is remembered, else NOTHING_YET."""
+        return Observed.CLOSED_LAST_TIME if host in self._hosts else Observed.NOTHING_YET

@@ -214,7 +214,7 @@ class ProfileKeeper:
         if sent is None or local_us - sent > REFUSAL_WINDOW_US:
             return
         self._sent_local_us = None
-        what = f"our {self.shape}-shaped client/state {self._sent_text[:300]}"
+        what = f"our {self.shape}-shaped client/state {self._sent_text[:160]}"
         profile = refused(self.profile, self.shape, f"closed the connection ({reason}) right after "
                           + what, time.time())
         self._keep(profile)

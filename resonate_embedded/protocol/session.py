@@ -24,7 +24,7 @@ import trio
 
 from resonate_embedded.audio.commands import EndStream, Flush, PcmChunk, SetOutputDelay, SetVolume
 from resonate_embedded.clock.local import local_now_us
-from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
+from resonate_embedded.audio.decoders import DecodeError, Decoder, open_decoder
 from resonate_embedded.clock.sync import ClockSync, TimeReply
 from resonate_embedded.log_limit import LogLimiter
 from resonate_embedded.protocol.activation import (
@@ -272,9 +272,11 @@ class Session:
             unpaired_access, spoken_code, older_noise=self._conn.noise_variant == NOISE_OLDER))
 
     async def _send_state(self, state: ClientState) -> None:
-        """A plaintext client/state (a close right after it, unanswered, is a refusal)."""
+        """A plaintext client/state; a close right after the full one (the one that declares
+        the era's commands), unanswered, is a refusal."""
         text = state.to_json()
-        if self._era is not None:
+        if self._era is not None and state.player is not None \
+                and state.player.supported_commands is not None:
             self._era.sent(text, local_now_us())
         await self._conn.send_text(text)
 
@@ -404,10 +406,10 @@ class Session:
                 pass
         elif isinstance(msg, StreamStart):
             if msg.announcement is not None and self._announcement_active():
-                cmd = self._announcement.on_stream_start(msg.announcement)
+                cmd = await self._announcement.on_stream_start(msg.announcement)
                 if cmd is not None:
                     await self._to_writer.send(cmd)
-            self._on_stream_start(msg)
+            await self._on_stream_start(msg)
             if self._resonate and self._decoder is not None:
                 await self._send_player_update(playing=True)
         elif isinstance(msg, StreamClear):
@@ -677,11 +679,11 @@ class Session:
                 pass
 
     # ------------------------------------------------------------------ streams
-    def _on_stream_start(self, msg: StreamStart) -> None:
+    async def _on_stream_start(self, msg: StreamStart) -> None:
         if msg.format is None:
             return
         try:
-            self._decoder = make_decoder(msg.format, msg.codec_header)
+            self._decoder = await open_decoder(msg.format, msg.codec_header)
         except DecodeError as exc:
             log.error("cannot play stream %s: %s", msg.format, exc)
             self._decoder = None

@@ -20,7 +20,7 @@ import attrs
 from resonate_embedded.audio.announcement import (
     AnnouncementAudio, AnnouncementEnd, AnnouncementStart, AnnouncementStop,
 )
-from resonate_embedded.audio.decoders import DecodeError, Decoder, make_decoder
+from resonate_embedded.audio.decoders import DecodeError, Decoder, open_decoder
 from resonate_embedded.audio.formats import CODECS, StreamFormat
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class AnnouncementRole:
         self._server_stream = False  # the server's announcement is on (until reported idle)
         self.state = "idle"
 
-    def on_stream_start(self, obj: Any) -> AnnouncementStart | None:
+    async def on_stream_start(self, obj: Any) -> AnnouncementStart | None:
         """A writer command for ``stream/start``'s announcement object (None: ignored)."""
         try:
             fmt, header, start = parse_start(obj)
@@ -100,7 +100,7 @@ class AnnouncementRole:
                       fmt.codec, fmt.sample_rate, fmt.bit_depth, fmt.channels)
             return None
         try:
-            self._decoder = make_decoder(fmt, header)
+            self._decoder = await open_decoder(fmt, header)
         except DecodeError as exc:
             log.error("ignoring an announcement we cannot decode: %s", exc)
             return None

@@ -557,7 +557,13 @@ def run(args: argparse.Namespace) -> int:
     from resonate_embedded.setup import hotspot
 
     if args.fake_network:
-        network: hotspot.NetworkControl = hotspot.FakeNetwork()
+        try:
+            from resonate_bench.fake_network import FakeNetwork
+        except ImportError:
+            log.error("--fake-network needs the test bench of a source checkout "
+                      "(`bash .ci/setup` installs tests/harness)")
+            return 2
+        network: hotspot.NetworkControl = FakeNetwork()
         if args.boot is None or args.data is None:
             tmp = Path(tempfile.mkdtemp(prefix="resonate-setup-"))
             args.boot = args.boot or tmp / "boot"

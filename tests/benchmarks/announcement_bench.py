@@ -4,7 +4,7 @@
     python tests/benchmarks/announcement_bench.py [--runs N] [--out DIR]
 
 Each run starts the player on the paced device against the spec-following announcement
-server (``resonate_embedded.bench.announcement_server``): 7 s of media (the index signal)
+server (``resonate_bench.announcement_server``): 7 s of media (the index signal)
 with a 1 s announcement from 3.5 s.  Two kinds of run alternate:
 
 * ``stereo``: 48 kHz stereo, tone in channel 1 only, no ducking: channel 0 remains the
@@ -25,10 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from resonate_embedded.bench.announcement_server import (
+from resonate_bench.announcement_server import (
     AnnouncementServer, measure, run_player_against,
 )
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.paced_log import read_paced_log
 
 
 def fmt(value: float | None) -> str:

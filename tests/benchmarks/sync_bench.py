@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from resonate_embedded.bench.harness import find_server_python  # noqa: E402
-from resonate_embedded.bench.netem import NetemConfig  # noqa: E402
-from resonate_embedded.bench.reference import find_reference_python  # noqa: E402
-from resonate_embedded.bench.scenario import (  # noqa: E402
+from resonate_bench.harness import find_server_python  # noqa: E402
+from resonate_bench.netem import NetemConfig  # noqa: E402
+from resonate_bench.reference import find_reference_python  # noqa: E402
+from resonate_bench.scenario import (  # noqa: E402
     Figures, InterPlayer, Scenario, ScenarioResult, clean_frames, cpu_hog, figures, fmt_opt,
     inter_player, run_scenario,
 )

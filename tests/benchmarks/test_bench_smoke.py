@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY, find_server_python, missing_venv_reason
+from resonate_bench.harness import MISSING_DEPENDENCY, find_server_python, missing_venv_reason
 
 pytestmark = pytest.mark.e2e
 

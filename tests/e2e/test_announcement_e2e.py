@@ -1,5 +1,5 @@
 """The announcement role end to end: a player process on the paced device against the
-spec-following announcement server of ``resonate_embedded.bench.announcement_server``
+spec-following announcement server of ``resonate_bench.announcement_server``
 (no released server speaks the role yet), plain Sendspin v1 over a real WebSocket.
 
 * mono 24 kHz with 12 dB ducking: the hello offers the role; media frames before and after
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from resonate_embedded.audio.announcement import duck_q15
-from resonate_embedded.bench.announcement_server import (
+from resonate_bench.announcement_server import (
     ANN_RATE, ANN_S, DUCK_DB, RATE, AnnouncementServer, measure, run_player_against,
 )
-from resonate_embedded.bench.measure import ChunkTable, match
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.measure import ChunkTable, match
+from resonate_bench.paced_log import read_paced_log
 
 pytestmark = pytest.mark.e2e
 

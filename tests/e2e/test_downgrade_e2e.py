@@ -20,8 +20,8 @@ import json
 import pytest
 import trio
 
-from resonate_embedded.bench import harness
-from resonate_embedded.bench.mitm import Mitm
+from resonate_bench import harness
+from resonate_bench.mitm import Mitm
 from resonate_embedded.protocol.noise_transport import HANDSHAKE_TIMEOUT_S
 from test_encrypted_e2e import (
     PlayerProc, assert_bit_exact_on_time, cli, needs_server, operator_server_python, play_for,

@@ -31,15 +31,15 @@ import numpy as np
 import pytest
 import trio
 
-from resonate_embedded.bench import harness
-from resonate_embedded.bench.harness import (
+from resonate_bench import harness
+from resonate_bench.harness import (
     decode_frame_index, find_server_python, index_samples_for, index_signal, requires_venv,
 )
-from resonate_embedded.bench.measure import ChunkTable, match
-from resonate_embedded.bench.mitm import Mitm
-from resonate_embedded.bench.scenario import Scenario, run_scenario, stop_process
+from resonate_bench.measure import ChunkTable, match
+from resonate_bench.mitm import Mitm
+from resonate_bench.scenario import Scenario, run_scenario, stop_process
 from resonate_embedded.identity import b64url_encode
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.paced_log import read_paced_log
 
 pytestmark = pytest.mark.e2e
 
@@ -699,7 +699,7 @@ def measure_cpu(seconds: float, runs: int, workdir: Path, offers: tuple[str, ...
 
     ``python tests/e2e/test_encrypted_e2e.py --seconds 60 --runs 2`` (not part of the suite).
     """
-    from resonate_embedded.bench.scenario import figures
+    from resonate_bench.scenario import figures
 
     rows = []
     for offer in offers:
@@ -723,7 +723,7 @@ def measure_cpu(seconds: float, runs: int, workdir: Path, offers: tuple[str, ...
 def measure_cpu_paired(seconds: float, offer: str, workdir: Path) -> dict:
     """One encrypted and one plaintext player in the same group, same stream, same time: both
     see the same machine load, so their CPU difference is the encryption (a paired sample)."""
-    from resonate_embedded.bench.scenario import trusting_server_python, usage_of
+    from resonate_bench.scenario import trusting_server_python, usage_of
 
     workdir.mkdir(parents=True, exist_ok=True)
 

@@ -22,11 +22,11 @@ import pytest
 import trio
 from trio_websocket import serve_websocket
 
-from resonate_embedded.bench.faultproxy import FaultProxy, raw_ns
-from resonate_embedded.bench.harness import find_server_python, start_test_server
-from resonate_embedded.bench.measure import ChunkTable, match, summarize
-from resonate_embedded.bench.scenario import stop_process
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.faultproxy import FaultProxy, raw_ns
+from resonate_bench.harness import find_server_python, start_test_server
+from resonate_bench.measure import ChunkTable, match, summarize
+from resonate_bench.scenario import stop_process
+from resonate_bench.paced_log import read_paced_log
 
 pytestmark = pytest.mark.e2e
 
@@ -462,7 +462,7 @@ def test_listener_refuses_a_100_mb_frame_without_buffering_it():
 
 def test_soak_command_runs(tmp_path):
     """The 30-minute soak's command, for 15 s (the real run: README, 'Soak')."""
-    res = subprocess.run([sys.executable, "-m", "resonate_embedded.bench.soak", "--minutes", "0.25",
+    res = subprocess.run([sys.executable, "-m", "resonate_bench.soak", "--minutes", "0.25",
                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "soak: RSS first" in res.stdout and "soak: OK" in res.stdout

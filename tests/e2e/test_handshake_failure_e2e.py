@@ -16,8 +16,8 @@ import json
 import pytest
 import trio
 
-from resonate_embedded.bench import harness
-from resonate_embedded.bench.mitm import Mitm
+from resonate_bench import harness
+from resonate_bench.mitm import Mitm
 from resonate_embedded.identity import b64url_decode, b64url_encode
 from resonate_embedded.protocol.server_profile import HANDSHAKE_BACKOFF_S
 from test_downgrade_e2e import plays_in_plaintext

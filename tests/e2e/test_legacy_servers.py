@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from resonate_embedded.audio.formats import StreamFormat
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_resonate_python,
     find_sendspin1_python, find_sendspin2_python, index_signal, requires_venv, start_test_server,
 )

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from resonate_embedded.audio.formats import StreamFormat
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     RESONATE_SCRIPT, TestServer, find_resonate_python, find_server_python, index_signal,
     pcm_bytes_to_samples, requires_venv, start_test_server,
 )

@@ -21,7 +21,7 @@ import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
 
 from resonate_embedded.audio.formats import StreamFormat
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     RESONATE_SCRIPT, find_resonate_python, find_server_python, requires_venv, start_test_server,
 )
 from resonate_embedded.discovery.mdns import (

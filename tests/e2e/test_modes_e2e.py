@@ -24,20 +24,22 @@ import numpy as np
 import pytest
 import trio
 
-from resonate_embedded.bench.harness import (
-    RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_resonate_python, find_sendspin2_python,
-    find_server_python, missing_venv_reason, requires_venv, start_test_server,
+from resonate_bench.harness import (
+    RESONATE_SCRIPT, SENDSPIN_V1_SCRIPT, TestServer, find_era_python, find_resonate_python,
+    find_sendspin2_python, find_server_python, missing_venv_reason, requires_venv,
+    start_test_server,
 )
-from resonate_embedded.bench.measure import ChunkTable, Matched, match, summarize
-from resonate_embedded.bench.mitm import CLOSE, Mitm
-from resonate_embedded.bench.scenario import stop_process
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.measure import ChunkTable, Matched, match, summarize
+from resonate_bench.mitm import CLOSE, Mitm
+from resonate_bench.scenario import stop_process
+from resonate_bench.paced_log import read_paced_log
 
 pytestmark = pytest.mark.e2e
 
 S10_PYTHON = find_server_python()
 R_PYTHON = find_resonate_python()
 S1_PYTHON = find_sendspin2_python()
+S5_PYTHON = find_era_python(".venv-sendspin5", "5.")
 ON_TIME_US = 1000
 TIMEOUT = 60.0
 SOURCE = {"sample_rate": 48000, "bit_depth": 16, "channels": 2}
@@ -309,6 +311,30 @@ def test_a_dialling_server_that_closes_after_client_init_gets_plaintext_next_tim
             "plaintext on its next connection") in log
     assert ("it closed the connection after client/init last time: the server does not speak "
             "encrypted Sendspin: using plaintext") in log
+
+
+@requires_venv(S5_PYTHON, ".venv-sendspin5")
+def test_a_real_pre_encryption_server_dialling_the_listener_gets_plaintext(tmp_path):
+    """Server-initiated, the real aiosendspin 5.x with no proxy: it closes the socket at
+    ``client/init`` and refuses the current ``client/state`` shape.  The speaker answers its
+    redials in plaintext, learns the older shape and plays bit-exact and on time."""
+    port = free_port()
+
+    async def main():
+        async with start_test_server(S5_PYTHON, port=0, extra_args=["--wire-truth"]) as srv:
+            async def dial(srv: TestServer) -> None:
+                await wait_listening(port)
+                await srv.command({"cmd": "connect_to_client",
+                                   "url": f"ws://127.0.0.1:{port}/sendspin"})
+
+            return await play(srv, tmp_path, ["--listen-port", str(port)], before_start=dial)
+
+    events = trio.run(main)
+    assert_played_on_time(events, tmp_path)
+    log = (tmp_path / "player.log").read_text()
+    assert "not an encrypted Sendspin server: plaintext on its next connection" in log
+    assert "closed the connection after client/init last time" in log
+    assert log.count("plaintext on its next connection") == 1, "Noise was tried again"
 
 
 @requires_venv(S10_PYTHON, ".venv-server")

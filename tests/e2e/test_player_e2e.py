@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from resonate_embedded.audio.volume import gain_q15
-from resonate_embedded.bench.measure import summarize
-from resonate_embedded.bench.scenario import Scenario, ScenarioResult, run_scenario
+from resonate_bench.measure import summarize
+from resonate_bench.scenario import Scenario, ScenarioResult, run_scenario
 from resonate_embedded.clock.local import local_now_ns
 
 pytestmark = pytest.mark.e2e
@@ -190,10 +190,10 @@ def test_mid_stream_rate_change_reopens_the_device_and_stays_on_time(tmp_path):
     import subprocess
     import sys
 
-    from resonate_embedded.bench.harness import find_server_python, start_test_server
-    from resonate_embedded.bench.measure import ChunkTable, match
-    from resonate_embedded.bench.scenario import stop_process
-    from resonate_embedded.paced.log import read_paced_log_sections
+    from resonate_bench.harness import find_server_python, start_test_server
+    from resonate_bench.measure import ChunkTable, match
+    from resonate_bench.scenario import stop_process
+    from resonate_bench.paced_log import read_paced_log_sections
 
     log_path = tmp_path / "rate.plog"
 

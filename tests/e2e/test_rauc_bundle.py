@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from resonate_embedded import cli
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
+from resonate_bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.boot_slots import BootSlots
 from resonate_embedded.system_commands import CommandResult, run_command
 from resonate_embedded.system_update import (

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     TestServer, find_server_python, requires_venv, start_test_server,
 )
-from resonate_embedded.bench.scenario import stop_process
+from resonate_bench.scenario import stop_process
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import pytest
 import trio
 from trio_websocket import serve_websocket
 
-from resonate_embedded.bench.harness import find_server_python, start_test_server
-from resonate_embedded.bench.scenario import stop_process
+from resonate_bench.harness import find_server_python, start_test_server
+from resonate_bench.scenario import stop_process
 from resonate_embedded.config import Config
 from resonate_embedded.player import Player
 
@@ -123,7 +123,7 @@ def test_speaker_comes_back_after_a_server_restart(tmp_path):
         return back_us, reconnect_s
 
     back_us, reconnect_s = trio.run(main)
-    from resonate_embedded.paced.log import read_paced_log
+    from resonate_bench.paced_log import read_paced_log
     played = read_paced_log(log)
     times = np.concatenate([s.play_times_ns()[s.samples.any(axis=1)] for s in played.spans])
     again = times[times > back_us * 1000]

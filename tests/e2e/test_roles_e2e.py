@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from resonate_embedded.bench import harness
-from resonate_embedded.bench.harness import find_server_python, requires_venv
-from resonate_embedded.bench.scenario import stop_process
+from resonate_bench import harness
+from resonate_bench.harness import find_server_python, requires_venv
+from resonate_bench.scenario import stop_process
 from resonate_embedded.control_socket import StatusUnavailable, fetch_status, socket_path
 
 pytestmark = pytest.mark.e2e

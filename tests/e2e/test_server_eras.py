@@ -22,11 +22,11 @@ import pytest
 import trio
 
 from resonate_embedded.audio.volume import gain_q15
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv, start_test_server,
 )
-from resonate_embedded.bench.measure import summarize
-from resonate_embedded.bench.scenario import Scenario, ScenarioResult, run_scenario
+from resonate_bench.measure import summarize
+from resonate_bench.scenario import Scenario, ScenarioResult, run_scenario
 from resonate_embedded.clock.local import local_now_ns
 from test_encrypted_e2e import cli, operator_server_python, pair_by_token_then_reconnect
 

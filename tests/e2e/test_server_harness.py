@@ -23,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 
-from resonate_embedded.bench.harness import (
+from resonate_bench.harness import (
     HarnessCommandError,
     TestServer,
     decode_frame_index,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from resonate_bench.fake_network import FakeNetwork
+from resonate_bench.harness import MISSING_DEPENDENCY
 from resonate_embedded import firstboot
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.config import build_config, load_toml
 from resonate_embedded.setup import web
-from resonate_embedded.setup.hotspot import FakeNetwork, HotspotMachine, HotspotService, Network
+from resonate_embedded.setup.hotspot import HotspotMachine, HotspotService, Network
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from resonate_embedded.bench.harness import find_server_python, start_test_server
-from resonate_embedded.bench.scenario import stop_process
+from resonate_bench.harness import find_server_python, start_test_server
+from resonate_bench.scenario import stop_process
 from resonate_embedded.config import Config, parse_formats
 from resonate_embedded.player import Player
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import trio
 
-from resonate_embedded.bench.scenario import stop_process
-from resonate_embedded.paced.log import read_paced_log_sections
+from resonate_bench.scenario import stop_process
+from resonate_bench.paced_log import read_paced_log_sections
 
 pytestmark = pytest.mark.e2e
 

@@ -15,16 +15,17 @@ import pytest
 import trio
 import trio.testing
 
+from resonate_bench.fake_chip import FakeChip
 from resonate_embedded import amplifier as amp_mod
 from resonate_embedded.amplifier import (
-    Amplifier, AmplifierError, FakeChip, GpiodSwitch, settings_from_profile,
+    Amplifier, AmplifierError, GpiodSwitch, settings_from_profile,
 )
 from resonate_embedded.audio import writer as writer_mod
 from resonate_embedded.audio.alsa_output import OutputConfig
 from resonate_embedded.audio.commands import EndStream, PcmChunk
 from resonate_embedded.audio.formats import PcmShape
 from resonate_embedded.audio.writer import Writer
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
+from resonate_bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.config import Config, ConfigError, build_config
 from resonate_embedded.protocol.session import REQUIRED_LEAD_TIME_MS
 

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from resonate_embedded.audio.av_decoders import opus_decoder
 from resonate_embedded.audio.decoders import DecodeError, decodable_formats, make_decoder
 from resonate_embedded.audio.formats import PcmShape, StreamFormat
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
+from resonate_bench.harness import MISSING_DEPENDENCY
 
 FLAC_BLOCK_HEADER = b"\x80\x00\x00\x22"  # last block, STREAMINFO, 34 bytes
 SERVER_FLAC_FRAMES = 4608

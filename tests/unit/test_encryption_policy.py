@@ -152,13 +152,16 @@ def test_opt_in_matching():
     assert not opted_in(entries, "10.0.0.8", None) and not opted_in((), "10.0.0.5", None)
 
 
-def test_closed_after_init_is_remembered_per_host_for_the_next_connection_only():
+def test_closed_after_init_is_remembered_per_host_until_plaintext_fails_there():
     memory = ClosedAfterInit(capacity=2)
     memory.remember("10.0.0.1")
-    assert memory.take("10.0.0.2") is NOTHING
-    assert memory.take("10.0.0.1") is LAST
-    assert memory.take("10.0.0.1") is NOTHING  # the connection after tries Noise again
+    assert memory.observed("10.0.0.2") is NOTHING
+    assert memory.observed("10.0.0.1") is LAST
+    assert memory.observed("10.0.0.1") is LAST  # an old server's redials: plaintext again
+    memory.forget("10.0.0.1")  # its plaintext connection got no server/hello
+    assert memory.observed("10.0.0.1") is NOTHING  # Noise first again
+    memory.forget("10.0.0.9")  # forgetting an unknown host is harmless
     for host in ("a", "b", "c"):
         memory.remember(host)
-    assert memory.take("a") is NOTHING  # the oldest was forgotten
-    assert (memory.take("b"), memory.take("c")) == (LAST, LAST)
+    assert memory.observed("a") is NOTHING  # the oldest was forgotten
+    assert (memory.observed("b"), memory.observed("c")) == (LAST, LAST)

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
+from resonate_bench.harness import MISSING_DEPENDENCY
 from resonate_embedded.controls import evdev_input
 from resonate_embedded.controls.evdev_input import (
     EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, EventDecoder, InputReader, decode_recorded,

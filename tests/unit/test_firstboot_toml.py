@@ -37,7 +37,8 @@ def test_accepted_settings_round_trip_exactly(name: str, host: str, delay: int) 
     except firstboot.FirstbootError as exc:
         if not name.strip() or _has_control(name):
             return
-        assert any("output_delay_ms" in p for p in exc.problems), exc.problems
+        # else only the delay's range or a server URL the config refuses (no host, bad port)
+        assert any("output_delay_ms" in p or "server=" in p for p in exc.problems), exc.problems
         return
     assert name.strip() and not _has_control(name)
     text = firstboot.render_player_toml(accepted)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY
-from resonate_embedded.paced.log import PacedLog, read_paced_log
+from resonate_bench.harness import MISSING_DEPENDENCY
+from resonate_bench.paced_log import PacedLog, read_paced_log
 
 RATE = 48000
 CHANNELS = 2

@@ -11,7 +11,7 @@ import pytest
 CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 SUITE = '''
 import pytest
-from resonate_embedded.bench.harness import MISSING_DEPENDENCY, missing_venv_reason, requires_venv
+from resonate_bench.harness import MISSING_DEPENDENCY, missing_venv_reason, requires_venv
 
 @requires_venv(None, ".venv-sendspin9")
 def test_needs_a_venv():

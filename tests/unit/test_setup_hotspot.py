@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from resonate_bench.fake_network import FakeNetwork
 from resonate_embedded import firstboot
 from resonate_embedded.config import build_config, load_toml
 from resonate_embedded.setup import hotspot, web
 from resonate_embedded.setup.hotspot import (
-    FakeNetwork, HotspotMachine, HotspotService, Join, Mode, NetStatus, Network, StartAp, StopAp,
+    HotspotMachine, HotspotService, Join, Mode, NetStatus, Network, StartAp, StopAp,
 )
 
 HATS = Path(__file__).resolve().parents[2] / "board" / "hats"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Create (idempotently) the Python >= 3.12 venv that runs the real Sendspin test server
-# (resonate_embedded/bench/sendspin_test_server.py, aiosendspin 10.x).
+# (tests/harness/resonate_bench/sendspin_test_server.py, aiosendspin 10.x).
 #
-#   resonate_embedded/bench/setup_server_venv.sh [VENV_DIR]     (default: <repo>/.venv-server)
+#   tests/harness/resonate_bench/setup_server_venv.sh [VENV_DIR]     (default: <repo>/.venv-server)
 #
 # Prints the venv's python path as the last line of stdout.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
 venv="${1:-$repo/.venv-server}"
 
 # Requirements of the harness: aiosendspin 10.x with its "server" extra

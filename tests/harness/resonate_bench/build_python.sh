@@ -5,13 +5,13 @@
 # Sources index; GitHub and python.org are not needed. Build dependencies are bookworm packages.
 # Run as root (or with sudo). Idempotent: an existing working PREFIX/bin/python3 is kept.
 #
-#   resonate_embedded/bench/build_python.sh [PREFIX]
+#   tests/harness/resonate_bench/build_python.sh [PREFIX]
 #
 # Prints PREFIX/bin/python3 as the last line of stdout.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
 prefix="${1:-$repo/.python-server}"
 suite="trixie"
 source_package="python3.13"

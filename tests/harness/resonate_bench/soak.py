@@ -1,7 +1,7 @@
 """Soak: a real aiosendspin server streams to the player on the paced device for a long time,
 and the player's memory is sampled every minute.
 
-    .venv/bin/python -m resonate_embedded.bench.soak --minutes 30
+    .venv/bin/python -m resonate_bench.soak --minutes 30
 
 Prints one line per sample (elapsed, RSS, CPU seconds used since the previous sample),
 then the first and last sample, and exits non-zero if the player died, lost its
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import trio
 
-from resonate_embedded.bench.harness import find_server_python, start_test_server
-from resonate_embedded.bench.scenario import stop_process
+from resonate_bench.harness import find_server_python, start_test_server
+from resonate_bench.scenario import stop_process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -85,7 +85,7 @@ async def soak(minutes: float, interval_s: float, workdir: Path, log_dir: Path |
         finally:
             result["exit"] = await stop_process(proc)
     if plog is not None and plog.exists():
-        from resonate_embedded.paced.log import read_paced_log
+        from resonate_bench.paced_log import read_paced_log
 
         result["xruns"] = len(read_paced_log(plog).xruns_ns)
     return result

@@ -8,8 +8,8 @@ from /proc before the player is stopped.
 Options on top of that (all off by default):
 
 * ``player="reference"`` runs the reference player (``sendspin daemon`` 9.x,
-  see :mod:`resonate_embedded.bench.reference`) on the same kind of paced device;
-* ``netem`` puts the delaying proxy (:mod:`resonate_embedded.bench.netem`)
+  see :mod:`resonate_bench.reference`) on the same kind of paced device;
+* ``netem`` puts the delaying proxy (:mod:`resonate_bench.netem`)
   between the player(s) and the server;
 * ``cpu_hog`` runs a busy-loop process pinned to the last CPU while streaming;
 * ``group_ppm`` adds more players of the same kind (one per entry, with that
@@ -37,10 +37,10 @@ import attrs
 import numpy as np
 import trio
 
-from resonate_embedded.bench.harness import TestServer, find_server_python, start_test_server
-from resonate_embedded.bench.measure import ChunkTable, Matched, match
-from resonate_embedded.bench.netem import NetemConfig, open_netem
-from resonate_embedded.paced.log import PacedLog, read_paced_log
+from resonate_bench.harness import TestServer, find_server_python, start_test_server
+from resonate_bench.measure import ChunkTable, Matched, match
+from resonate_bench.netem import NetemConfig, open_netem
+from resonate_bench.paced_log import PacedLog, read_paced_log
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -48,7 +48,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 @attrs.frozen
 class Scenario:
     name: str
-    offer: str = "pcm:48000:16:2"  # what the player offers (--formats)
+    offer: str | None = "pcm:48000:16:2"  # what the player offers (--formats; None: its default)
+    codec: str | None = None  # the codec the server is told to send (None: its own choice)
     rate: int = 48000
     bits: int = 16
     ppm: float = 0.0
@@ -63,12 +64,14 @@ class Scenario:
     trust_unpaired: bool = True  # the server approves encrypted unpaired players (see below)
     server_args: tuple[str, ...] = ()  # extra test-server options (e.g. --wire-truth)
     server_script: str | None = None  # another harness script (e.g. SENDSPIN_V1_SCRIPT)
+    steady_after_s: float = 0.0  # CPU is counted from this long after the start command
 
 
 @attrs.frozen
 class ProcessUsage:
     cpu_s: float
     peak_rss_kb: int
+    packages: frozenset[str] = frozenset()  # installed packages whose native code is mapped
 
 
 @attrs.frozen
@@ -81,7 +84,7 @@ class PlayerRun:
     client_id: str | None
     log: PacedLog
     matched: Matched
-    usage_start: ProcessUsage  # when the start command was sent
+    usage_start: ProcessUsage  # when the CPU window began (Scenario.steady_after_s)
     usage: ProcessUsage  # just before the stop command
     exit_code: int
     output: str
@@ -100,7 +103,7 @@ class ScenarioResult:
     player_output: str
     players: list[PlayerRun] = attrs.field(factory=list)  # players[0] is the fields above
     start_cmd_ns: int | None = None  # CLOCK_MONOTONIC_RAW just before the start command
-    streamed_s: float = 0.0  # wall time from the start command to the usage sample
+    streamed_s: float = 0.0  # wall time from the start of the CPU window to the usage sample
     netem: dict | None = None  # the proxy's statistics
     stop_cmd_ns: int | None = None  # CLOCK_MONOTONIC_RAW just before the stop command
 
@@ -108,7 +111,7 @@ class ScenarioResult:
 _TRUST_WRAPPER = '''\
 """Run the harness server, approving every encrypted unpaired client for playback.
 
-Written by resonate_embedded/bench/scenario.py: aiosendspin 10 activates no roles
+Written by tests/harness/resonate_bench/scenario.py: aiosendspin 10 activates no roles
 for an unpaired Noise client until the server calls trust_unpaired() (the operator's
 "approve this speaker"); this does that for every such connection. Plaintext clients
 are not affected.
@@ -166,8 +169,10 @@ def device_name(sc: Scenario, log_path: Path, ppm: float | None = None) -> str:
 def player_command(sc: Scenario, url: str, device: str, state_dir: Path,
                    name: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "resonate_embedded.cli", "run", "--server", url,
-           "--device", device, "--state-dir", str(state_dir), "--formats", sc.offer,
+           "--device", device, "--state-dir", str(state_dir),
            "--dac-latency-us", str(sc.dac_latency_us)]
+    if sc.offer is not None:
+        cmd += ["--formats", sc.offer]
     if name is not None:
         cmd += ["--name", name]
     return [*cmd, *sc.extra_player_args]
@@ -180,7 +185,19 @@ def usage_of(pid: int) -> ProcessUsage:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             rss = int(line.split()[1])
-    return ProcessUsage(cpu, rss)
+    return ProcessUsage(cpu, rss, mapped_packages(pid))
+
+
+def mapped_packages(pid: int) -> frozenset[str]:
+    """Top-level site-packages directories with a shared object mapped in ``pid`` (e.g.
+    ``av`` once FFmpeg is loaded): what the process really loaded, seen from outside."""
+    names = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(None, 5)[-1]
+        if ".so" in path and "/site-packages/" in path:
+            top = path.split("/site-packages/", 1)[1].split("/", 1)[0]
+            names.add(top.removesuffix(".libs").split(".", 1)[0])
+    return frozenset(names)
 
 
 async def stop_process(proc: trio.Process, timeout_s: float = 10.0) -> int:
@@ -237,7 +254,7 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
     if server_python is None:
         raise RuntimeError("no Python with aiosendspin 10.x for the test server")
     if sc.player == "reference":
-        from resonate_embedded.bench import reference
+        from resonate_bench import reference
 
         if ref_python is None:
             ref_python, why = reference.find_reference_python()
@@ -279,15 +296,24 @@ async def run_scenario(sc: Scenario, workdir: Path, during: Action | None = None
                         nursery.start_soon(_watch_stream_start, srv, p, mark)
                     for p in launched:
                         p.usage_start = usage_of(p.proc.pid)
-                    start_cmd_ns = raw_ns()
+                    fmt = {"sample_rate": sc.rate, "bit_depth": sc.bits, "channels": 2}
+                    if sc.codec is not None:
+                        for p in launched:
+                            await srv.command({"cmd": "format", "client_id": p.client_id,
+                                               "format": {**fmt, "codec": sc.codec}})
+                    start_cmd_ns = window_ns = raw_ns()
                     await srv.command({"cmd": "start", "client_id": launched[0].client_id,
-                                       "format": {"sample_rate": sc.rate, "bit_depth": sc.bits,
-                                                  "channels": 2}})
+                                       "format": fmt})
+                    if sc.steady_after_s > 0:
+                        await trio.sleep(sc.steady_after_s)
+                        for p in launched:
+                            p.usage_start = usage_of(p.proc.pid)
+                        window_ns = raw_ns()
                     if during is not None:
                         await during(srv)
                     else:
-                        await trio.sleep(sc.seconds)
-                    streamed_s = (raw_ns() - start_cmd_ns) / 1e9
+                        await trio.sleep(sc.seconds - sc.steady_after_s)
+                    streamed_s = (raw_ns() - window_ns) / 1e9
                     for p in launched:
                         p.usage = usage_of(p.proc.pid)
                     stop_cmd_ns = raw_ns()
@@ -322,7 +348,7 @@ async def _launch(sc: Scenario, name: str, ppm: float, url: str, workdir: Path,
     log_path.unlink(missing_ok=True)
     env = None
     if sc.player == "reference":
-        from resonate_embedded.bench.reference import reference_command
+        from resonate_bench.reference import reference_command
 
         assert ref_python is not None
         cmd, env = reference_command(

@@ -9,14 +9,14 @@
 #   .venv-sendspin7  aiosendspin 7.x        (+ Noise, plaintext too; sendspin_test_server.py)
 #   .venv-sendspin9  aiosendspin 9.x        (last before the rename; sendspin_test_server.py)
 #
-#   resonate_embedded/bench/setup_legacy_venvs.sh [DIR]     (default DIR: the repo root)
+#   tests/harness/resonate_bench/setup_legacy_venvs.sh [DIR]     (default DIR: the repo root)
 #
 # A venv that already imports its server at the right version is left alone.
 # Prints one line "NAME PYTHON" per venv on stdout.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
+repo="$(cd "$here/../../.." && pwd)"
 dir="${1:-$repo}"
 
 # shellcheck source=python312.sh

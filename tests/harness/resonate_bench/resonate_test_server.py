@@ -4,7 +4,7 @@
 Run with the venv made by ``setup_legacy_venvs.sh`` (``.venv-resonate``); it must NOT
 import anything from resonate_embedded::
 
-    .venv-resonate/bin/python resonate_embedded/bench/resonate_test_server.py --port 0
+    .venv-resonate/bin/python tests/harness/resonate_bench/resonate_test_server.py --port 0
 
 Serves ``/resonate``.  Commands, events and the index test signal are those of
 ``pull_server_core.py`` (see the bench README).  No ``volume``/``mute``: Resonate has no

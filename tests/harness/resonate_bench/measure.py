@@ -12,8 +12,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from resonate_embedded.bench.harness import decode_frame_index, index_samples_for
-from resonate_embedded.paced.log import PacedLog
+from resonate_bench.harness import decode_frame_index, index_samples_for
+from resonate_bench.paced_log import PacedLog
 
 
 @attrs.frozen

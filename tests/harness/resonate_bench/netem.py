@@ -270,11 +270,11 @@ class NetemProcess:
 @asynccontextmanager
 async def open_netem(config: NetemConfig, upstream_port: int, workdir: Path, *,
                      max_seconds: float = 3600.0) -> AsyncIterator[NetemProcess]:
-    """Run the proxy as ``python -m resonate_embedded.bench.netem``; yields once it listens."""
+    """Run the proxy as ``python -m resonate_bench.netem``; yields once it listens."""
     stats_path = workdir / f"netem-{upstream_port}.json"
     stats_path.unlink(missing_ok=True)
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "resonate_embedded.bench.netem", "--upstream-port",
+        [sys.executable, "-m", "resonate_bench.netem", "--upstream-port",
          str(upstream_port), "--config", _config_to_json(config), "--max-seconds",
          str(max_seconds), "--stats", str(stats_path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)

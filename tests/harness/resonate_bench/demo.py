@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
-from resonate_embedded.bench.harness import HarnessError, find_server_python, start_test_server
-from resonate_embedded.bench.measure import ChunkTable, match, summarize
+from resonate_bench.harness import HarnessError, find_server_python, start_test_server
+from resonate_bench.measure import ChunkTable, match, summarize
 from resonate_embedded.config import DEFAULT_FORMATS
-from resonate_embedded.paced.log import read_paced_log
+from resonate_bench.paced_log import read_paced_log
 from resonate_embedded.player import Player
 from resonate_embedded.status import format_status
 

@@ -24,7 +24,7 @@ In-process::
 
 As a process (commands on stdin: ``freeze``, ``thaw``, ``cut``; events as JSON lines)::
 
-    python -m resonate_embedded.bench.faultproxy --upstream 8927 [--port 0]
+    python -m resonate_bench.faultproxy --upstream 8927 [--port 0]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ What differs between those releases is read from the installed one by ``server_e
 Run with the Python 3.12 venv made by ``setup_server_venv.sh`` (it must NOT import
 anything from resonate_embedded)::
 
-    .venv-server/bin/python resonate_embedded/bench/sendspin_test_server.py --port 18928
+    .venv-server/bin/python tests/harness/resonate_bench/sendspin_test_server.py --port 18928
 
 Protocol (one JSON object per line):
 
@@ -16,7 +16,7 @@ Protocol (one JSON object per line):
 
 Every command is answered by ``{"event": "command_done", "cmd": C, "id": I, ...}`` or
 ``{"event": "error", "cmd": C, "id": I, "message": ...}`` (``id`` is echoed when given).
-See resonate_embedded/bench/README.md for the full list of commands and events and for the
+See tests/harness/resonate_bench/README.md for the full list of commands and events and for the
 definition of the test signal.
 """
 

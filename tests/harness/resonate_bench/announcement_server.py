@@ -23,10 +23,10 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from resonate_embedded.bench.harness import index_signal
-from resonate_embedded.bench.measure import ChunkTable, ErrorSummary, match, summarize
-from resonate_embedded.bench.scenario import stop_process
-from resonate_embedded.paced.log import PacedLog
+from resonate_bench.harness import index_signal
+from resonate_bench.measure import ChunkTable, ErrorSummary, match, summarize
+from resonate_bench.scenario import stop_process
+from resonate_bench.paced_log import PacedLog
 
 RATE = 48000
 CHUNK = 960  # 20 ms of media

@@ -18,7 +18,7 @@ pick_python() {
         done
     fi
     local repo candidate
-    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
     for candidate in python3.12 python3.13 python3.14 "$repo/.python-server/bin/python3"; do
         if candidate="$(command -v "$candidate")" \
            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
@@ -26,7 +26,7 @@ pick_python() {
             return
         fi
     done
-    echo "error: no Python >= 3.12 found: run resonate_embedded/bench/build_python.sh (builds" \
+    echo "error: no Python >= 3.12 found: run tests/harness/resonate_bench/build_python.sh (builds" \
          "3.13 from Debian trixie's source into .python-server), install pyenv 3.12.1 or" \
          "python3.12, or set SENDSPIN_SERVER_BASE_PYTHON" >&2
     exit 1

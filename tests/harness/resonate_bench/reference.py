@@ -2,7 +2,7 @@
 
 ``sendspin daemon`` needs Python ≥ 3.12, ``sounddevice`` and the PortAudio shared
 library (Debian: ``libportaudio2``). It runs in its own venv (``.venv-ref``; make
-it with ``python -m resonate_embedded.bench.reference setup``). What the rig has
+it with ``python -m resonate_bench.reference setup``). What the rig has
 to do for it, and why:
 
 * **Device.** PortAudio can only open PCMs it enumerates, and it enumerates the
@@ -44,7 +44,7 @@ from pathlib import Path
 
 REF_PACKAGE = "sendspin"
 REF_VERSION = "9.0.0"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PICK_PYTHON_SCRIPT = Path(__file__).resolve().with_name("python312.sh")
 
 _PROBE = (
@@ -80,7 +80,7 @@ def find_reference_python() -> tuple[str | None, str]:
             return cand, f"sendspin/PortAudio {note} ({cand})"
         reasons.append(note)
     if not reasons:
-        reasons.append("no reference venv: run `python -m resonate_embedded.bench.reference setup`")
+        reasons.append("no reference venv: run `python -m resonate_bench.reference setup`")
     return None, "; ".join(reasons)
 
 
@@ -99,7 +99,7 @@ def prepare_reference(name: str, run_dir: Path, *, ppm: float, latency_us: int,
     alias = alsa_alias(name)
     quoted_log = str(log_path).replace("\\", "\\\\").replace('"', '\\"')
     (home / ".asoundrc").write_text(
-        f"# written by resonate_embedded.bench.reference\n"
+        f"# written by resonate_bench.reference\n"
         f"pcm.{alias} {{\n\ttype paced\n\tppm \"{ppm}\"\n\tlatency_us \"{latency_us}\"\n"
         f"\tlog \"{quoted_log}\"\n}}\n")
     (settings / "settings-daemon.json").write_text(json.dumps({

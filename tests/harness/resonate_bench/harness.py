@@ -10,7 +10,7 @@ collects its JSON-line events and sends it JSON-line commands::
         ev = await srv.wait_event("chunk", since=mark)
 
 Only stdlib + trio + attrs + numpy. Never imports the aiosendspin side.
-See resonate_embedded/bench/README.md for commands, events and the test-signal encoding.
+See tests/harness/resonate_bench/README.md for commands, events and the test-signal encoding.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SERVER_SCRIPT = Path(__file__).resolve().with_name("sendspin_test_server.py")
 RESONATE_SCRIPT = Path(__file__).resolve().with_name("resonate_test_server.py")
 SENDSPIN_V1_SCRIPT = Path(__file__).resolve().with_name("sendspin_v1_test_server.py")
 SETUP_SCRIPT = Path(__file__).resolve().with_name("setup_server_venv.sh")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -61,14 +61,14 @@ class HarnessCommandError(HarnessError):
 # RESONATE_REQUIRE_ALL=1 (CI) tests/conftest.py turns such a skip into a failure.
 MISSING_VENV = "missing server venv:"
 MISSING_DEPENDENCY = "missing dependency:"
-_VENV_SETUP = {".venv-server": "bash resonate_embedded/bench/setup_server_venv.sh",
-               ".venv-ref": "python -m resonate_embedded.bench.reference setup"}
+_VENV_SETUP = {".venv-server": "bash tests/harness/resonate_bench/setup_server_venv.sh",
+               ".venv-ref": "python -m resonate_bench.reference setup"}
 
 
 def missing_venv_reason(name: str) -> str:
     """The skip reason for a test whose server venv `name` (e.g. ".venv-resonate") is missing,
     with the command that makes it (``bash .ci/setup`` makes them all)."""
-    setup = _VENV_SETUP.get(name, "bash resonate_embedded/bench/setup_legacy_venvs.sh")
+    setup = _VENV_SETUP.get(name, "bash tests/harness/resonate_bench/setup_legacy_venvs.sh")
     return f"{MISSING_VENV} {name} (run {setup})"
 
 

@@ -4,7 +4,7 @@
 Run with a venv made by ``setup_legacy_venvs.sh`` (``.venv-sendspin1`` or
 ``.venv-sendspin2``); it must NOT import anything from resonate_embedded::
 
-    .venv-sendspin2/bin/python resonate_embedded/bench/sendspin_v1_test_server.py --port 0
+    .venv-sendspin2/bin/python tests/harness/resonate_bench/sendspin_v1_test_server.py --port 0
 
 Serves ``/sendspin`` with the pull API (``group.play_media(MediaStream)``) both versions
 share.  Commands, events and the index test signal are those of ``pull_server_core.py``
