@@ -1,23 +1,26 @@
 """Which Noise variant a server speaks: the current one (aiosendspin 10.x) or the older
-one (aiosendspin 7.x-9.x), recognised from the server's Noise message 1.
+one (aiosendspin 7.x-9.x, whose noise code is the same in 7.0.0 and 9.1.1), recognised
+from the server's Noise message 1.
 
-What the two variants share, byte for byte: ``client/init`` (``client_id``, ``version``
-1, ``suite``), ``server/init`` (``server_id``, ``version`` 1: no field tells the
-variants apart), the prologue (wire bytes of client/init then server/init), the
-``Noise_KKpsk2`` pattern with the PSK mixed at message 2, the Sentinel PSK
-(SHA-256 of ``sendspin-sentinel-psk-v1``) and ``psk_id`` derivation, the message 2
-payload ``{}``, and type byte 0 = JSON in transport mode.
+Shared byte for byte: ``client/init`` (``client_id``, ``version`` 1, ``suite``),
+``server/init`` (``server_id``, ``version`` 1: no field tells the variants apart), the
+prologue (wire bytes of client/init then server/init), ``Noise_KKpsk2`` with the PSK
+mixed at message 2 (two messages; there is no message 3 in either), the Sentinel PSK
+(SHA-256 of ``sendspin-sentinel-psk-v1``), ``psk_id`` (SHA-256 labelled
+``sendspin-psk-id-v1``), the message 2 payload ``{}``, and type byte 0 = JSON in
+transport mode.
 
 What differs (older → current):
 
 * message 1 payload: ``{"psk_id"}`` → ``{"psk_id", "psk_category"}``.  The older
   client resolves the PSK by ``psk_id`` alone (so do we: Sentinel, Pairing PSK, then
-  the long-term store, a misbinding to another ``server_id`` still failing);
-* a server with nothing to admit a client with closes after ``client/init`` → answers
-  ``server/error`` (the older one has no ``server/error``);
-* fragments: type 2 (first byte after it: the original type on the first fragment)
-  and 3 (last) → type 1 with a flags byte;
-* audio chunk header: 9 bytes (type, timestamp) → 13 (+ ``send_ahead``);
+  the long-term store; a record bound to another ``server_id`` still fails);
+* the older server always admits (its record for the client, a staged Pairing PSK,
+  else the Sentinel) and has no ``server/error``;
+* fragments: type 2 (first: the original type follows; or middle) and 3 (last) → type
+  1 with a flags byte;
+* audio chunk header of an encrypted session: 9 bytes (type, timestamp) → 13
+  (+ ``send_ahead``);
 * ``client/hello``: ``player@v1_support.supported_commands`` (volume, mute) is
   required and ``supported_pair_methods`` is a list of ``{"method": …}``; the delay is
   the *static* delay (``set_static_delay``), as in plaintext with those releases;
