@@ -447,14 +447,16 @@ class Player:
                                               first_reply_timeout_s=plan.first_reply_timeout_s)
             except NotNoiseServer as exc:
                 return policy.decide(situation.after_init(exc.silent, str(exc)))
-            except HandshakeFailed as exc:
-                if isinstance(exc, InitRejected):
-                    raise
-                decision = policy.decide(situation.after_handshake_failed(str(exc)))
+            except HandshakeFailed as exc:  # a server/error refusal is no cue for plaintext
+                rejected = isinstance(exc, InitRejected)
+                decision = None if rejected else policy.decide(situation.after_handshake_failed(str(exc)))
                 handshake_failed(self.state.server_profiles, exc.server_id or url,
-                                 f"{exc} (server/init {exc.seen or 'not received'})",
-                                 decision.action is policy.Action.PLAINTEXT, time.time())
+                                 f"{exc} (its answer to client/init: {exc.seen or 'none'})",
+                                 decision is not None and decision.action is policy.Action.PLAINTEXT,
+                                 time.time())
                 self._store.save(self.state)
+                if decision is None:
+                    raise
                 return decision
             if conn.psk_category == "lt":
                 self.pairings.mark_used(conn.server_id, url)
