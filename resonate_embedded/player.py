@@ -449,7 +449,8 @@ class Player:
                 return policy.decide(situation.after_init(exc.silent, str(exc)))
             except HandshakeFailed as exc:  # a server/error refusal is no cue for plaintext
                 rejected = isinstance(exc, InitRejected)
-                decision = None if rejected else policy.decide(situation.after_handshake_failed(str(exc)))
+                decision = None if rejected else policy.decide(
+                    situation.after_handshake_failed(str(exc)))
                 handshake_failed(self.state.server_profiles, exc.server_id or url,
                                  f"{exc} (its answer to client/init: {exc.seen or 'none'})",
                                  decision is not None and decision.action is policy.Action.PLAINTEXT,

@@ -6,7 +6,8 @@ The rule, for the ``encryption`` setting:
 * ``required``: never plaintext.
 * ``auto``: Noise first (``client/init``).  Plaintext only with a server that cannot
   encrypt (a Resonate server; or one that left ``client/init`` unanswered or closed the
-  socket after it, or whose encrypted handshake could not be completed) and only if no paired server was ever reached at this address and
+  socket after it, or whose encrypted handshake could not be completed after
+  ``server/init``) and only if no paired server was ever reached at this address and
   either the speaker holds no pairing at all or the address is opted in
   (``plaintext_servers``).  An opt-in never covers an address where a paired server was
   reached.  So an attacker who drops ``client/init`` gets nothing from a speaker that

@@ -50,7 +50,8 @@ from resonate_embedded.identity import Identity, b64url_decode, b64url_encode, p
 from resonate_embedded.pairing import PairingStore, psk_id_for
 from resonate_embedded.protocol.connection import Connection, Received
 from resonate_embedded.protocol.noise_variant import (
-    AUDIO_HEADER_SIZE, CURRENT, QUIET_UNTIL, Message1, Message1Error, Reassembly, fragments, parse_message_1,
+    AUDIO_HEADER_SIZE, CURRENT, QUIET_UNTIL, Message1, Message1Error, Reassembly, fragments,
+    parse_message_1,
 )
 
 log = logging.getLogger(__name__)

@@ -92,7 +92,8 @@ def _keys(obj: dict) -> str:
 def fragments(variant: str, plaintext: bytes, cap: int) -> list[bytes]:
     """``plaintext`` (type byte first) as ``variant``'s fragments of at most ``cap`` bytes."""
     older = variant == OLDER
-    first_head = bytes([OLDER_FRAG_MORE, plaintext[0]] if older else [FRAGMENT, FRAG_FIRST, plaintext[0]])
+    first_head = bytes([OLDER_FRAG_MORE, plaintext[0]] if older
+                       else [FRAGMENT, FRAG_FIRST, plaintext[0]])
     data = memoryview(plaintext)[1:]
     first_cap, cont_cap = cap - len(first_head), cap - (1 if older else 2)
     chunks = [data[:first_cap]] + [data[i:i + cont_cap] for i in range(first_cap, len(data), cont_cap)]

@@ -115,7 +115,8 @@ class ServerProfile:
             said_shape=said if said in SHAPES else None,
             refused=tuple(s for s in refused if s in SHAPES) if isinstance(refused, list) else (),
             evidence=data["evidence"][:300] if isinstance(data.get("evidence"), str) else "",
-            refused_all_at_s=_seconds(at), noise=noise if noise in (NOISE_CURRENT, NOISE_OLDER) else None,
+            refused_all_at_s=_seconds(at),
+            noise=noise if noise in (NOISE_CURRENT, NOISE_OLDER) else None,
             handshake_failures=failures if type(failures) is int and failures > 0 else 0,
             handshake_error=data["handshake_error"][:400] if isinstance(
                 data.get("handshake_error"), str) else "",

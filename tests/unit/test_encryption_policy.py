@@ -38,8 +38,9 @@ ROWS = [
     ("auto", "listen", "sendspin", False, False, False, SILENT, P, False, "does not speak"),
     ("auto", "listen", "sendspin", False, False, False, CLOSED, NEXT, False, "next connection"),
     ("auto", "listen", "sendspin", False, False, False, LAST, P, False, "last time"),
-    ("auto", "dial", "sendspin", False, False, False, FAILED, P, False, "handshake could not be completed"),
-    ("auto", "listen", "sendspin", False, False, False, FAILED, NEXT, False, "handshake could not be completed: plaintext on its next"),
+    ("auto", "dial", "sendspin", False, False, False, FAILED, P, False, "could not be completed"),
+    ("auto", "listen", "sendspin", False, False, False, FAILED, NEXT, False,
+     "could not be completed: plaintext on its next"),
     ("auto", "dial", "resonate", False, False, False, NOTHING, P, False, "Resonate"),
     ("auto", "listen", "resonate", False, False, False, NOTHING, P, False, "Resonate"),
     # auto, a pairing held, this address not opted in: no plaintext at all
@@ -60,7 +61,7 @@ ROWS = [
     ("auto", "listen", "sendspin", True, False, True, SILENT, P, False, "does not speak"),
     ("auto", "listen", "sendspin", True, False, True, CLOSED, NEXT, False, "next connection"),
     ("auto", "listen", "sendspin", True, False, True, LAST, P, False, "last time"),
-    ("auto", "dial", "sendspin", True, False, True, FAILED, P, False, "handshake could not be completed"),
+    ("auto", "dial", "sendspin", True, False, True, FAILED, P, False, "could not be completed"),
     ("auto", "dial", "resonate", True, False, True, NOTHING, P, False, "Resonate"),
     # auto, a paired server was reached at this URL: no plaintext there, opted in or not
     ("auto", "dial", "sendspin", True, True, True, NOTHING, E, False, "paired server"),
