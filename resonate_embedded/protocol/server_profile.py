@@ -96,8 +96,7 @@ class ServerProfile:
                     f"{self.evidence}; next attempt in {self.hold_off_s(now_s):.0f} s")
         era = {CURRENT: "current (output delay)", STATIC: "5.x-9.x (static delay)"}[shape]
         how = self.evidence or "not told yet: the plaintext hello does not say; older shape if refused"
-        noise = f"; {self.noise} Noise variant" if self.noise else ""
-        return f"{era}: {how}{noise}"
+        return f"{era}: {how}"
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False) | {"refused": list(self.refused)}
@@ -199,6 +198,8 @@ class ProfileKeeper:
         if variant == NOISE_OLDER:
             profile = said(profile, STATIC, "its Noise handshake is the 7.x-9.x variant "
                                             "(message 1 names no psk_category)")
+        else:
+            profile = said(profile, CURRENT, "its Noise handshake is the current variant")
         self._keep(profile)
 
     def sent(self, text: str, local_us: int) -> None:

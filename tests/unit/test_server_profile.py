@@ -98,6 +98,7 @@ def test_the_older_noise_variant_is_kept_and_means_the_static_shape():
     assert load_profiles(profiles)["srv"].noise == "older"
     keeper.noise("current")
     assert load_profiles(profiles)["srv"].noise == "current"
+    assert keeper.choose() == CURRENT and "current variant" in keeper.summary()
 
 
 def test_a_repeated_handshake_failure_holds_the_server_off_doubling_and_status_says_why():
