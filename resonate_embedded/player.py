@@ -41,7 +41,7 @@ from resonate_embedded.protocol.listener import IncomingConnection, open_listene
 from resonate_embedded.protocol.resonate_dialect import (
     NoServerHello, connect_speaking, dialect_candidates, dialect_for, resonate_hello_json,
 )
-from resonate_embedded.protocol.server_profile import held_off
+from resonate_embedded.protocol.server_profile import handshake_failed, held_off
 from resonate_embedded.protocol.session import Security, Session, SessionRefused
 from resonate_embedded.roles.announcement import AnnouncementRole
 from resonate_embedded.roles.hub import RoleHub
@@ -447,6 +447,18 @@ class Player:
                                               first_reply_timeout_s=plan.first_reply_timeout_s)
             except NotNoiseServer as exc:
                 return policy.decide(situation.after_init(exc.silent, str(exc)))
+            except HandshakeFailed as exc:  # a server/error refusal is no cue for plaintext
+                rejected = isinstance(exc, InitRejected)
+                decision = None if rejected else policy.decide(
+                    situation.after_handshake_failed(str(exc)))
+                handshake_failed(self.state.server_profiles, exc.server_id or url,
+                                 f"{exc} (its answer to client/init: {exc.seen or 'none'})",
+                                 decision is not None and decision.action is policy.Action.PLAINTEXT,
+                                 time.time())
+                self._store.save(self.state)
+                if decision is None:
+                    raise
+                return decision
             if conn.psk_category == "lt":
                 self.pairings.mark_used(conn.server_id, url)
             await self._run_session(conn, url)

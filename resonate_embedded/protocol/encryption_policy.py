@@ -6,7 +6,8 @@ The rule, for the ``encryption`` setting:
 * ``required``: never plaintext.
 * ``auto``: Noise first (``client/init``).  Plaintext only with a server that cannot
   encrypt (a Resonate server; or one that left ``client/init`` unanswered or closed the
-  socket after it) and only if no paired server was ever reached at this address and
+  socket after it, or whose encrypted handshake could not be completed after
+  ``server/init``) and only if no paired server was ever reached at this address and
   either the speaker holds no pairing at all or the address is opted in
   (``plaintext_servers``).  An opt-in never covers an address where a paired server was
   reached.  So an attacker who drops ``client/init`` gets nothing from a speaker that
@@ -54,6 +55,7 @@ class Observed(enum.Enum):
     SILENT = "left client/init unanswered"
     CLOSED = "closed the socket after client/init, or answered something else"
     CLOSED_LAST_TIME = "closed the connection after client/init last time"
+    HANDSHAKE_FAILED = "answered client/init, but the encrypted handshake could not be completed"
 
 
 class Action(enum.Enum):
@@ -79,6 +81,11 @@ class Situation:
         server: ``silent`` (nothing came back), else closed or answered something else."""
         return attrs.evolve(self, observed=Observed.SILENT if silent else Observed.CLOSED,
                             seen=seen)
+
+    def after_handshake_failed(self, seen: str) -> Situation:
+        """This situation once the encrypted handshake failed after ``server/init`` (the
+        socket is closed)."""
+        return attrs.evolve(self, observed=Observed.HANDSHAKE_FAILED, seen=seen)
 
 
 def situation_for(config: Config, pairings: PairingStore, direction: Direction,
@@ -130,14 +137,15 @@ def decide(s: Situation) -> Decision:
         return Decision(Action.ENCRYPT, barred or "plaintext allowed if it cannot encrypt",
                         fallback=barred is None)
     seen = f"{s.seen or 'it ' + s.observed.value}: "
+    cannot = ("its encrypted handshake could not be completed"
+              if s.observed is Observed.HANDSHAKE_FAILED else "not an encrypted Sendspin server")
     if barred:
-        return Decision(Action.REFUSE, f"{seen}not an encrypted Sendspin server; "
-                                       f"no plaintext fallback: {barred}")
-    if s.observed is Observed.CLOSED and s.direction == "listen":
-        return Decision(Action.PLAINTEXT_NEXT_TIME,
-                        f"{seen}not an encrypted Sendspin server: plaintext on its next connection")
-    return Decision(Action.PLAINTEXT,
-                    f"{seen}the server does not speak encrypted Sendspin: using plaintext")
+        return Decision(Action.REFUSE, f"{seen}{cannot}; no plaintext fallback: {barred}")
+    if s.observed in (Observed.CLOSED, Observed.HANDSHAKE_FAILED) and s.direction == "listen":
+        return Decision(Action.PLAINTEXT_NEXT_TIME, f"{seen}{cannot}: plaintext on its next connection")
+    if s.observed is not Observed.HANDSHAKE_FAILED:
+        cannot = "the server does not speak encrypted Sendspin"
+    return Decision(Action.PLAINTEXT, f"{seen}{cannot}: using plaintext")
 
 
 # --------------------------------------------------------------------------- opt-in list

@@ -394,21 +394,26 @@ class ClientHello:
             "player_support": support,
         })
 
-    def to_secure_json(self, unpaired_access: bool, spoken_code: bool = False) -> str:
+    def to_secure_json(self, unpaired_access: bool, spoken_code: bool = False,
+                       older_noise: bool = False) -> str:
         """client/hello of an encrypted session (spec form: no client_id/version, commands
         and delay live in client/state, Pairing PSK offered, and with ``spoken_code`` the
-        Dynamic Pairing Code spoken through the speaker)."""
-        methods: dict[str, Any] = {"pairing_psk": {"locations": ["device"]}}
-        if spoken_code:
+        Dynamic Pairing Code spoken through the speaker).  ``older_noise``: the form
+        aiosendspin 7.x-9.x require (volume/mute declared here, pairing methods a list,
+        Pairing PSK only)."""
+        support: dict[str, Any] = {"supported_formats": [attrs.asdict(f) for f in self.formats],
+                                   "buffer_capacity": self.buffer_capacity}
+        methods: Any = {"pairing_psk": {"locations": ["device"]}}
+        if older_noise:
+            support["supported_commands"] = list(self.supported_commands)
+            methods = [{"method": "pairing_psk", "locations": ["device"]}]
+        elif spoken_code:
             methods["dynamic_pairing_code"] = {"out_channels": ["speaker"], "formats": ["digits"]}
         return _dump("client/hello", {
             "name": self.name,
             "device_info": attrs.asdict(self.device_info),
             **self._roles(),
-            "player@v1_support": {
-                "supported_formats": [attrs.asdict(f) for f in self.formats],
-                "buffer_capacity": self.buffer_capacity,
-            },
+            "player@v1_support": support,
             "supported_pair_methods": methods,
             "unpaired_access": {"enabled": bool(unpaired_access)},
         })

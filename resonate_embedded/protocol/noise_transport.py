@@ -24,6 +24,10 @@ session does not care which one it talks through.  An in-band re-handshake
 (server-initiated ``noise/handshake`` inside the channel, e.g. to promote a
 session to paired) is handled inside :meth:`SecureConnection.receive`.
 
+aiosendspin 7.x-9.x speak an older variant (message 1 names no ``psk_category``,
+fragments typed 2/3, 9-byte audio header): ``noise_variant.py`` says what differs;
+it is recognised from message 1 and carried by :class:`SecureConnection`.
+
 Failures after ``client/init`` are *silent*: the connection is closed without
 another message (:class:`HandshakeFailed`, :class:`ChannelBroken`).  Key
 material (private key, PSKs, session keys) is never logged; log lines carry
@@ -45,6 +49,10 @@ from trio_websocket import CloseReason, ConnectionClosed
 from resonate_embedded.identity import Identity, b64url_decode, b64url_encode, peer_key
 from resonate_embedded.pairing import PairingStore, psk_id_for
 from resonate_embedded.protocol.connection import Connection, Received
+from resonate_embedded.protocol.noise_variant import (
+    AUDIO_HEADER_SIZE, CURRENT, QUIET_UNTIL, Message1, Message1Error, Reassembly, fragments,
+    parse_message_1,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ PROTOCOL_VERSION = 1
 
 SENTINEL_PSK = hashlib.sha256(b"sendspin-sentinel-psk-v1").digest()
 SENTINEL_PSK_ID = psk_id_for(SENTINEL_PSK)
-CATEGORIES = ("lt", "pr", "sn")
+_CATEGORY_WORDS = {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}
 
 HANDSHAKE_TIMEOUT_S = 30.0  # per expected message (spec: "e.g. 30 seconds")
 FIRST_REPLY_TIMEOUT_S = 3.0  # a server that says nothing to client/init this long does not speak Noise
@@ -65,17 +73,18 @@ MAX_PLAINTEXT = MAX_NOISE_MESSAGE - 16
 MAX_REASSEMBLED = 4 << 20
 
 MSG_JSON = 0
-MSG_FRAGMENT = 1
-TRANSPORT_TYPES = (1, 2, 3)  # fragment + reserved: never sent as application data
-FRAG_LAST = 0x01
-FRAG_FIRST = 0x02
-FRAG_RESERVED = 0xFC
+TRANSPORT_TYPES = (1, 2, 3)  # fragments (current: 1, older: 2/3): never application data
 
 _PLACEHOLDER_PSK = bytes(32)
 
 
 class HandshakeFailed(Exception):
-    """The handshake cannot complete; the connection has been closed silently."""
+    """The handshake cannot complete; the connection has been closed silently.
+
+    ``server_id`` (None before server/init) and ``seen`` (its server/init) say who failed."""
+
+    server_id: str | None = None
+    seen: str = ""
 
 
 class InitRejected(HandshakeFailed):
@@ -242,17 +251,20 @@ def _handshake_bytes(text: str) -> bytes:
     return message
 
 
-def _parse_message_1_payload(plaintext: bytes) -> tuple[str, str]:
+def _message_1(responder: NoiseResponder, message_1: bytes) -> Message1:
     try:
-        obj = json.loads(plaintext.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise HandshakeFailed("Noise message 1 payload is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise HandshakeFailed("Noise message 1 payload is not an object")
-    psk_id, category = obj.get("psk_id"), obj.get("psk_category")
-    if not isinstance(psk_id, str) or len(psk_id) != 43 or category not in CATEGORIES:
-        raise HandshakeFailed("Noise message 1 payload lacks a valid psk_id/psk_category")
-    return psk_id, category
+        return parse_message_1(responder.read_message_1(message_1))
+    except Message1Error as exc:
+        raise HandshakeFailed(str(exc)) from None
+
+
+def _resolve(resolver: PskResolver, m1: Message1, server_id: str) -> MatchedPsk | None:
+    """The PSK ``m1`` names, looked up in its category (older variant: in each in turn)."""
+    for category in m1.categories():
+        matched = resolver(m1.psk_id, category, server_id)
+        if matched is not None:
+            return matched
+    return None
 
 
 async def _receive_text(conn: Connection, what: str, timeout_s: float) -> str:
@@ -297,6 +309,7 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
     """
     init_text = client_init_json(identity.client_id, suite)
     await conn.send_text(init_text)
+    server_id, first = None, ""
     try:
         first = await _first_reply(conn, first_reply_timeout_s)
         msg_type, payload = _envelope(first)
@@ -308,13 +321,13 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
         prologue = init_text.encode("utf-8") + first.encode("utf-8")
         responder = NoiseResponder(suite, identity.private_key, peer_key(server_id), prologue)
         message_1 = _handshake_bytes(await _receive_text(conn, "Noise message 1", timeout_s))
-        psk_id, category = _parse_message_1_payload(responder.read_message_1(message_1))
-        matched = resolver(psk_id, category, server_id)
+        m1 = _message_1(responder, message_1)
+        matched = _resolve(resolver, m1, server_id)
         credential_mismatch = matched is None
         if matched is None:
             log.warning("server %s referenced a %s credential this speaker does not hold: "
                         "continuing unpaired (Sentinel PSK); re-pair on the server to restore it",
-                        server_id, {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}[category])
+                        server_id, _CATEGORY_WORDS.get(m1.category, "PSK"))
             matched = SENTINEL
         await conn.send_text(handshake_json(responder.write_message_2(matched.psk)))
     except NotNoiseServer as exc:
@@ -323,14 +336,15 @@ async def client_handshake(conn: Connection, identity: Identity, resolver: PskRe
         exc.still_open = False
         await _silent_close(conn)
         raise
-    except HandshakeFailed:
+    except HandshakeFailed as exc:
+        exc.server_id, exc.seen = server_id, first[:300]
         await _silent_close(conn)
         raise
     except ConnectionClosed as exc:
         raise HandshakeFailed(f"connection closed during the handshake ({exc})") from None
     return SecureConnection(conn, responder, server_id=server_id, matched=matched,
                             credential_mismatch=credential_mismatch, identity=identity,
-                            resolver=resolver)
+                            resolver=resolver, variant=m1.variant)
 
 
 async def _first_reply(conn: Connection, timeout_s: float) -> str:
@@ -366,12 +380,14 @@ class SecureConnection:
     """The Noise transport channel, with the interface of ``Connection``."""
 
     encrypted = True
-    audio_header_size = 13
 
     def __init__(self, raw: Connection, cipher: NoiseResponder, *, server_id: str,
                  matched: MatchedPsk, credential_mismatch: bool, identity: Identity,
-                 resolver: PskResolver) -> None:
+                 resolver: PskResolver, variant: str = CURRENT) -> None:
         self._raw = raw
+        self.noise_variant = variant
+        self.audio_header_size = AUDIO_HEADER_SIZE[variant]
+        self._reassembly = Reassembly(variant, MAX_REASSEMBLED)
         self._cipher = cipher
         self.server_id = server_id
         self.matched = matched
@@ -382,8 +398,6 @@ class SecureConnection:
         self._resolver = resolver
         self._send_lock = trio.Lock()
         self._quiet: trio.Event | None = None  # set while a re-handshake bars app messages
-        self._reasm: bytearray | None = None
-        self._reasm_type = 0
         self._broken: ChannelBroken | None = None
 
     @property
@@ -416,7 +430,8 @@ class SecureConnection:
             await self._fail("re-handshake not completed by a server/activate in time")
         if self._broken is not None:  # the re-handshake we waited out failed
             raise self._broken
-        frames = [plaintext] if len(plaintext) <= MAX_PLAINTEXT else _fragment(plaintext)
+        frames = ([plaintext] if len(plaintext) <= MAX_PLAINTEXT
+                  else fragments(self.noise_variant, plaintext, MAX_PLAINTEXT))
         async with self._send_lock:  # encrypt under the lock: nonce order must be wire order
             for frame in frames:
                 await _raw_send_bytes(self._raw, self._cipher.encrypt(frame))
@@ -443,7 +458,7 @@ class SecureConnection:
                     await self._fail("JSON message that is not UTF-8")
                 if '"noise/handshake"' in text and await self._maybe_rehandshake(text):
                     continue
-                if self._quiet is not None and _message_type(text) == "server/activate":
+                if self._quiet is not None and _message_type(text) == QUIET_UNTIL[self.noise_variant]:
                     self._end_quiet()
                 return Received(text, received.local_us)
             return Received(message, received.local_us)
@@ -451,29 +466,10 @@ class SecureConnection:
     async def _unframe(self, plaintext: bytes) -> bytes | None:
         if not plaintext:
             await self._fail("empty transport message")
-        kind = plaintext[0]
-        if kind != MSG_FRAGMENT:
-            if self._reasm is not None:
-                await self._fail("unfragmented message inside a fragmented one")
-            return plaintext
-        if len(plaintext) < 2 or plaintext[1] & FRAG_RESERVED:
-            await self._fail("malformed fragment")
-        flags = plaintext[1]
-        if flags & FRAG_FIRST:
-            if self._reasm is not None or len(plaintext) < 3 or plaintext[2] == MSG_FRAGMENT:
-                await self._fail("malformed first fragment")
-            self._reasm, self._reasm_type = bytearray(plaintext[3:]), plaintext[2]
-        else:
-            if self._reasm is None:
-                await self._fail("continuation fragment without a first one")
-            self._reasm += plaintext[2:]
-        if len(self._reasm) > MAX_REASSEMBLED:
-            await self._fail("fragmented message too large")
-        if not flags & FRAG_LAST:
-            return None
-        message = bytes([self._reasm_type]) + bytes(self._reasm)
-        self._reasm = None
-        return message
+        try:
+            return self._reassembly.feed(plaintext)
+        except ValueError as exc:
+            await self._fail(str(exc))
 
     async def _maybe_rehandshake(self, text: str) -> bool:
         try:
@@ -487,10 +483,11 @@ class SecureConnection:
             responder = NoiseResponder(self.suite, self._identity.private_key,
                                        peer_key(self.server_id), self.handshake_hash)
             self._quiet = self._quiet or trio.Event()
-            psk_id, category = _parse_message_1_payload(responder.read_message_1(message_1))
-            matched = self._resolver(psk_id, category, self.server_id)
+            m1 = _message_1(responder, message_1)
+            matched = _resolve(self._resolver, m1, self.server_id)
             if matched is None:  # no Sentinel fallback in a re-handshake
-                raise HandshakeFailed(f"re-handshake names a {category} PSK this speaker does not hold")
+                raise HandshakeFailed(f"re-handshake names a {_CATEGORY_WORDS.get(m1.category, 'PSK')}"
+                                      " this speaker does not hold")
             message_2 = responder.write_message_2(matched.psk)
         except HandshakeFailed as exc:
             await self._fail(f"re-handshake failed: {exc}")
@@ -503,7 +500,7 @@ class SecureConnection:
         self.handshake_hash = responder.handshake_hash
         self.handshakes += 1
         log.info("re-keyed the session with server %s (%s PSK)", self.server_id,
-                 {"lt": "long-term", "pr": "pairing", "sn": "Sentinel"}[matched.category])
+                 _CATEGORY_WORDS[matched.category])
         return True
 
     def _end_quiet(self) -> None:
@@ -530,15 +527,3 @@ def _message_type(text: str) -> str | None:
     except (ValueError, RecursionError):
         return None
     return obj.get("type") if isinstance(obj, dict) else None
-
-
-def _fragment(plaintext: bytes) -> list[bytes]:
-    orig_type, data = plaintext[0], memoryview(plaintext)[1:]
-    first_cap, cont_cap = MAX_PLAINTEXT - 3, MAX_PLAINTEXT - 2
-    chunks = [data[:first_cap]] + [data[i:i + cont_cap] for i in range(first_cap, len(data), cont_cap)]
-    frames = []
-    for i, chunk in enumerate(chunks):
-        flags = FRAG_LAST if i == len(chunks) - 1 else 0
-        head = bytes([MSG_FRAGMENT, flags | FRAG_FIRST, orig_type]) if i == 0 else bytes([MSG_FRAGMENT, flags])
-        frames.append(head + bytes(chunk))
-    return frames

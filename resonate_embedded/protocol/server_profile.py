@@ -6,7 +6,8 @@ persistent state:
 
 * ``server/command`` names the delay: ``static_delay_ms`` (5.x-9.x) or ``output_delay_ms``
   (10.x);
-* an encrypted session (our Noise handshake completed) is the current protocol;
+* an encrypted session: the variant of its Noise handshake (``noise_variant.py``) is
+  kept (``noise``); the older variant is aiosendspin 7.x-9.x, so the static shape;
 * a refusal: the server closed the connection right after our ``client/state`` without
   answering anything after it (5.x-9.x parse ``supported_commands`` into a closed enum and
   drop the connection on ``set_output_delay``).
@@ -18,6 +19,10 @@ The shapes of the player object in ``client/state``, newest first:
 * ``static`` (5.x-9.x): ``static_delay_ms``; only ``set_static_delay`` declared in
   ``client/state`` (those releases reject anything else there; volume and mute are
   declared in ``client/hello``).  1.x/2.x ignore every field they do not know.
+
+An encrypted handshake that fails is kept too (what failed, what the server sent): a
+second failure in a row holds the server off ``HANDSHAKE_BACKOFF_S``, doubling up to
+``HOLD_OFF_S`` (the owner sees why), unless the speaker fell back to plaintext with it.
 
 An unknown server gets ``current`` (it also suits 1.x, 2.x and 10.x); a refusal moves one
 shape older, once; when every shape was refused the server is held off for
@@ -33,6 +38,7 @@ from typing import Any, Callable
 import attrs
 
 from resonate_embedded.protocol.messages import PlayerState
+from resonate_embedded.protocol.noise_variant import CURRENT as NOISE_CURRENT, OLDER as NOISE_OLDER
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ STATIC_COMMANDS = ("set_static_delay",)
 DELAY_KEYS = {"output_delay_ms": CURRENT, "static_delay_ms": STATIC}
 REFUSAL_WINDOW_US = 3_000_000  # a close this soon after our state, unanswered, is a refusal
 HOLD_OFF_S = 300.0  # a server that refused every shape is not redialled sooner
+HANDSHAKE_BACKOFF_S = 15.0  # after the second failed handshake in a row; doubles per failure
 
 
 @attrs.frozen
@@ -54,6 +61,10 @@ class ServerProfile:
     refused: tuple[str, ...] = ()  # shapes it closed the connection on, in order
     evidence: str = ""  # what it said or did, for the owner
     refused_all_at_s: float | None = None  # wall clock (time.time) when the last shape was refused
+    noise: str | None = None  # the Noise variant of its last encrypted session (noise_variant.py)
+    handshake_failures: int = 0  # encrypted handshakes failed in a row
+    handshake_error: str = ""  # why the last one failed and what the server sent
+    handshake_failed_at_s: float | None = None  # wall clock of the last failure, if held off
 
     def shape(self, now_s: float) -> str | None:
         """The shape to send; None while the server is held off after refusing every shape."""
@@ -66,11 +77,19 @@ class ServerProfile:
 
     def hold_off_s(self, now_s: float) -> float:
         """Seconds left before this server may be tried again (0: now)."""
-        if self.refused_all_at_s is None:
+        shapes = 0.0 if self.refused_all_at_s is None else self.refused_all_at_s + HOLD_OFF_S - now_s
+        return max(0.0, shapes, self._handshake_hold_off_s(now_s))
+
+    def _handshake_hold_off_s(self, now_s: float) -> float:
+        if self.handshake_failed_at_s is None or self.handshake_failures < 2:
             return 0.0
-        return max(0.0, self.refused_all_at_s + HOLD_OFF_S - now_s)
+        wait = min(HOLD_OFF_S, HANDSHAKE_BACKOFF_S * 2 ** min(self.handshake_failures - 2, 8))
+        return max(0.0, self.handshake_failed_at_s + wait - now_s)
 
     def summary(self, now_s: float) -> str:
+        if self._handshake_hold_off_s(now_s) > 0:
+            return (f"encrypted handshake failed {self.handshake_failures} times in a row: "
+                    f"{self.handshake_error}; next attempt in {self.hold_off_s(now_s):.0f} s")
         shape = self.shape(now_s)
         if shape is None:
             return (f"refuses every message shape this player has ({', '.join(self.refused)}): "
@@ -89,12 +108,22 @@ class ServerProfile:
             return cls()
         said = data.get("said_shape")
         refused = data.get("refused")
-        at = data.get("refused_all_at_s")
+        at, failed_at = data.get("refused_all_at_s"), data.get("handshake_failed_at_s")
+        noise, failures = data.get("noise"), data.get("handshake_failures")
         return cls(
             said_shape=said if said in SHAPES else None,
             refused=tuple(s for s in refused if s in SHAPES) if isinstance(refused, list) else (),
             evidence=data["evidence"][:300] if isinstance(data.get("evidence"), str) else "",
-            refused_all_at_s=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None)
+            refused_all_at_s=_seconds(at),
+            noise=noise if noise in (NOISE_CURRENT, NOISE_OLDER) else None,
+            handshake_failures=failures if type(failures) is int and failures > 0 else 0,
+            handshake_error=data["handshake_error"][:400] if isinstance(
+                data.get("handshake_error"), str) else "",
+            handshake_failed_at_s=_seconds(failed_at))
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def said(profile: ServerProfile, shape: str, evidence: str) -> ServerProfile:
@@ -162,6 +191,17 @@ class ProfileKeeper:
         """The server named the delay ``key`` in a server/command."""
         self._keep(said(self.profile, DELAY_KEYS[key], f"its server/command named the delay {key}"))
 
+    def noise(self, variant: str) -> None:
+        """Our Noise handshake with this server completed in ``variant``."""
+        profile = attrs.evolve(self.profile, noise=variant, handshake_failures=0,
+                               handshake_error="", handshake_failed_at_s=None)
+        if variant == NOISE_OLDER:
+            profile = said(profile, STATIC, "its Noise handshake is the 7.x-9.x variant "
+                                            "(message 1 names no psk_category)")
+        else:
+            profile = said(profile, CURRENT, "its Noise handshake is the current variant")
+        self._keep(profile)
+
     def sent(self, text: str, local_us: int) -> None:
         """Our client/state ``text`` went out at ``local_us``."""
         self._sent_local_us, self._sent_text = local_us, text
@@ -188,6 +228,24 @@ class ProfileKeeper:
             log.warning("server %s closed the connection (%s) right after %s: it likely "
                         "rejected a field its release does not know; the next connection sends "
                         "the %s shape", self.server_id, reason, what, nxt)
+
+
+def handshake_failed(profiles: dict, key: str, error: str, fell_back: bool,
+                     now_s: float) -> ServerProfile:
+    """Keep an encrypted handshake that failed with the server ``key`` (its server_id, or
+    its URL before it said one) in ``profiles`` (the persistent dict, changed in place);
+    ``fell_back``: the speaker talks plaintext with it instead (no hold-off)."""
+    old = ServerProfile.from_dict(profiles.get(key))
+    profile = attrs.evolve(old, handshake_failures=old.handshake_failures + 1,
+                           handshake_error=error[:400],
+                           handshake_failed_at_s=None if fell_back else now_s)
+    profiles[key] = profile.to_dict()
+    if profile.handshake_failures >= 2:
+        log.error("server %s: the encrypted handshake failed %d times in a row: %s", key,
+                  profile.handshake_failures, error)
+    else:
+        log.warning("server %s: the encrypted handshake failed: %s", key, error)
+    return profile
 
 
 def held_off(raw: Any, now_s: float) -> tuple[float, str | None]:

@@ -40,6 +40,7 @@ from resonate_embedded.protocol.messages import (
     client_goodbye_json, client_message_json, client_pair_finalize_json, client_pair_init_json,
     pair_abort_json, parse_server_message,
 )
+from resonate_embedded.protocol.noise_variant import OLDER as NOISE_OLDER
 from resonate_embedded.protocol.server_profile import (
     CURRENT, CURRENT_COMMANDS, ProfileKeeper, shape_player,
 )
@@ -123,7 +124,7 @@ class Session:
         self.started_local_us = local_now_us()
         self.last_received_local_us = self.started_local_us  # liveness, for the watchdog
         self._limited = LogLimiter(log)  # what the server can provoke is logged bounded
-        self._era: ProfileKeeper | None = None  # plaintext Sendspin: the server's era (shapes)
+        self._era: ProfileKeeper | None = None  # Sendspin: the server's era (shapes)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, server_hello: ServerHello | None = None) -> None:
@@ -199,7 +200,7 @@ class Session:
 
     @property
     def server_era(self) -> str | None:
-        """What this plaintext Sendspin server has shown of its release (None: not that)."""
+        """What this Sendspin server has shown of its release (None: a Resonate server)."""
         return self._era.summary() if self._era is not None else None
 
     @property
@@ -264,6 +265,12 @@ class Session:
             await self._send_state(self._full_state("synchronized"))
         return msg
 
+    async def _send_secure_hello(self) -> None:
+        unpaired_access = self._security.unpaired_access if self._security else True
+        spoken_code = self._security.spoken_code if self._security else False
+        await self._conn.send_text(self._hello.to_secure_json(
+            unpaired_access, spoken_code, older_noise=self._conn.noise_variant == NOISE_OLDER))
+
     async def _send_state(self, state: ClientState) -> None:
         """A plaintext client/state; a close right after the full one (the one that declares
         the era's commands), unanswered, is a refusal."""
@@ -289,9 +296,11 @@ class Session:
         log.info("connected to server %r (%s), encrypted, %s PSK", hello.name, self._conn.server_id,
                  {"lt": "paired: long-term", "pr": "pairing", "sn": "unpaired: Sentinel"}
                  [self._conn.psk_category])
-        unpaired_access = self._security.unpaired_access if self._security else True
-        spoken_code = self._security.spoken_code if self._security else False
-        await self._conn.send_text(self._hello.to_secure_json(unpaired_access, spoken_code))
+        self._era = ProfileKeeper(self._state.server_profiles, self._save_state, self._conn.server_id)
+        self._era.noise(self._conn.noise_variant)
+        if self._era.choose() is None:
+            raise SessionRefused(f"server {self._conn.server_id} {self._era.summary()}")
+        await self._send_secure_hello()
         activate = await self._expect(ServerActivate, ACTIVATE_TIMEOUT_S, "server/activate")
         await self._on_activate(activate)
         if not self._active_roles:
@@ -430,6 +439,8 @@ class Session:
             log.error("server error: %s", msg.reason)
         elif self._secure and isinstance(msg, ServerActivate):
             await self._on_activate(msg)
+        elif self._secure and isinstance(msg, SecureServerHello):
+            await self._send_secure_hello()  # older Noise: the hellos again after a re-handshake
         elif self._secure and isinstance(msg, ServerPairFinalize):
             self._on_pair_finalize()
             await self._stop_speaking()
@@ -508,14 +519,16 @@ class Session:
         if msg.pairing_method == "dynamic_pairing_code":
             await self._start_code_attempt()
             return
-        # Pairing PSK flow: pair-init then, without waiting, pair-finalize with a fresh
+        # Pairing PSK flow: pair-init (not with the older Noise variant) then, without
+        # waiting, pair-finalize with a fresh
         # long-term PSK; it is persisted when the server acknowledges (server/pair-finalize).
         self._pairing_psk = secrets.token_bytes(32)
         self._pairing_deadline = trio.current_time() + PAIRING_ATTEMPT_TIMEOUT_S
         self._pairing_started.set()
         from resonate_embedded.identity import b64url_encode
 
-        await self._conn.send_text(client_pair_init_json(self._pairing_index))
+        if self._conn.noise_variant != NOISE_OLDER:  # the older Noise has no pair-init here
+            await self._conn.send_text(client_pair_init_json(self._pairing_index))
         await self._conn.send_text(client_pair_finalize_json(b64url_encode(self._pairing_psk)))
         log.info("pairing with server %r (%s) by Pairing PSK", self.info.server_name,
                  self.info.server_id)

@@ -23,11 +23,12 @@ import trio
 
 from resonate_embedded.audio.volume import gain_q15
 from resonate_bench.harness import (
-    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv,
+    SENDSPIN_V1_SCRIPT, find_era_python, find_server_python, requires_venv, start_test_server,
 )
 from resonate_bench.measure import summarize
 from resonate_bench.scenario import Scenario, ScenarioResult, run_scenario
 from resonate_embedded.clock.local import local_now_ns
+from test_encrypted_e2e import cli, operator_server_python, pair_by_token_then_reconnect
 
 pytestmark = pytest.mark.e2e
 
@@ -48,17 +49,19 @@ class Era:
     encrypted: bool = False
 
 
-def older(major: int, **kwargs) -> Era:
+def older(major: int, name: str | None = None, **kwargs) -> Era:
     """aiosendspin ``major``.x in .venv-sendspin<major> (setup_legacy_venvs.sh)."""
     venv = f".venv-sendspin{major}"
-    return Era(f"{major}.x", venv, find_era_python(venv, f"{major}."), **kwargs)
+    return Era(name or f"{major}.x", venv, find_era_python(venv, f"{major}."), **kwargs)
 
 
 V1 = {"script": str(SENDSPIN_V1_SCRIPT), "server_args": ("--raw-clock",), "delay_api": False}
 PUSH = {"server_args": ("--wire-truth",), "refuses_current": True}
-PLAIN = ("--encryption", "off")  # 7.x-9.x Noise predates ours: their plaintext transition mode
+PLAIN = ("--encryption", "off")  # 7.x-9.x: their plaintext transition mode
+NOISE = {"server_args": ("--wire-truth",), "encrypted": True}  # 7.x-9.x: the older Noise variant
 ERAS = [older(1, **V1), older(2, **V1), older(5, **PUSH), older(6, **PUSH),
         older(7, player_args=PLAIN, **PUSH), older(9, player_args=PLAIN, **PUSH),
+        older(7, name="7.x-noise", **NOISE), older(9, name="9.x-noise", **NOISE),
         Era("10.x", ".venv-server", find_server_python(), encrypted=True)]
 
 
@@ -84,7 +87,7 @@ def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era
         await srv.command({"cmd": "volume", "value": 50})
         await trio.sleep(2.0)
 
-    sc = Scenario(f"era{era.name[:-2]}", seconds=0, trust_unpaired=era.encrypted,
+    sc = Scenario(f"era{era.name.split('.')[0]}", seconds=0, trust_unpaired=era.encrypted,
                   extra_player_args=era.player_args, server_args=era.server_args,
                   server_script=era.script)
     result = trio.run(run_scenario, sc, tmp_path, during, era.python)
@@ -127,3 +130,31 @@ def test_era_plays_on_time_with_the_servers_volume_and_delay(tmp_path: Path, era
         assert out.count("refused our client/state in every shape") == 0
     else:
         assert all(not p["refused"] for p in profiles.values()), profiles
+    if era.encrypted:
+        assert "), encrypted, " in out, "the session was not encrypted"
+        (profile,) = profiles.values()
+        assert profile["noise"] == ("current" if era.name == "10.x" else "older"), profile
+
+
+NINE = older(9, name="9.x-noise", **NOISE)
+
+
+@requires_venv(NINE.python, NINE.venv)
+def test_9x_pairs_by_token_over_its_older_noise(tmp_path: Path, monkeypatch):
+    """The Pairing PSK flow with aiosendspin 9.x, as with 10.x (test_encrypted_e2e.py)."""
+    monkeypatch.delenv("RESONATE_TEST_AUTOTRUST", raising=False)  # the operator approves nobody
+    state = tmp_path / "state"
+    token_run = cli("pair-token", "--state-dir", str(state), "--no-qr")
+    client_id = token_run.stderr.split("client_id ")[1].split()[0]
+
+    async def main():
+        async with start_test_server(operator_server_python(tmp_path, NINE.python), port=0,
+                                     extra_args=list(NINE.server_args),
+                                     log_path=tmp_path / "server.log") as srv:
+            return await pair_by_token_then_reconnect(srv, tmp_path, state,
+                                                      token_run.stdout.strip(), client_id)
+
+    for player in trio.run(main):
+        assert "Traceback" not in player.output
+    (profile,) = json.loads((state / "state.json").read_text())["server_profiles"].values()
+    assert (profile["noise"], profile["said_shape"]) == ("older", "static"), profile

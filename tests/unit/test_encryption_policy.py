@@ -11,8 +11,8 @@ from resonate_embedded.protocol.encryption_policy import (
 )
 
 E, P, NEXT, R = Action.ENCRYPT, Action.PLAINTEXT, Action.PLAINTEXT_NEXT_TIME, Action.REFUSE
-NOTHING, SILENT, CLOSED, LAST = (Observed.NOTHING_YET, Observed.SILENT, Observed.CLOSED,
-                                 Observed.CLOSED_LAST_TIME)
+NOTHING, SILENT, CLOSED, LAST, FAILED = (Observed.NOTHING_YET, Observed.SILENT, Observed.CLOSED,
+                                         Observed.CLOSED_LAST_TIME, Observed.HANDSHAKE_FAILED)
 
 # mode, direction, dialect, holds_pairings, address_paired, opted_in, observed
 #   -> action, fallback, words in the reason
@@ -27,6 +27,7 @@ ROWS = [
     ("required", "dial", "sendspin", False, False, True, SILENT, R, False, "required"),
     ("required", "listen", "sendspin", False, False, False, CLOSED, R, False, "required"),
     ("required", "listen", "sendspin", False, False, False, LAST, R, False, "required"),
+    ("required", "dial", "sendspin", False, False, True, FAILED, R, False, "required"),
     ("required", "dial", "resonate", False, False, True, NOTHING, R, False, "Resonate"),
     ("required", "listen", "resonate", False, False, False, NOTHING, R, False, "Resonate"),
     # auto, no pairing held: Noise first, plaintext with a server that cannot encrypt
@@ -37,6 +38,9 @@ ROWS = [
     ("auto", "listen", "sendspin", False, False, False, SILENT, P, False, "does not speak"),
     ("auto", "listen", "sendspin", False, False, False, CLOSED, NEXT, False, "next connection"),
     ("auto", "listen", "sendspin", False, False, False, LAST, P, False, "last time"),
+    ("auto", "dial", "sendspin", False, False, False, FAILED, P, False, "could not be completed"),
+    ("auto", "listen", "sendspin", False, False, False, FAILED, NEXT, False,
+     "could not be completed: plaintext on its next"),
     ("auto", "dial", "resonate", False, False, False, NOTHING, P, False, "Resonate"),
     ("auto", "listen", "resonate", False, False, False, NOTHING, P, False, "Resonate"),
     # auto, a pairing held, this address not opted in: no plaintext at all
@@ -47,6 +51,7 @@ ROWS = [
     ("auto", "listen", "sendspin", True, False, False, SILENT, R, False, "plaintext_servers"),
     ("auto", "listen", "sendspin", True, False, False, CLOSED, R, False, "plaintext_servers"),
     ("auto", "listen", "sendspin", True, False, False, LAST, R, False, "plaintext_servers"),
+    ("auto", "dial", "sendspin", True, False, False, FAILED, R, False, "plaintext_servers"),
     ("auto", "dial", "resonate", True, False, False, NOTHING, R, False, "plaintext_servers"),
     ("auto", "listen", "resonate", True, False, False, NOTHING, R, False, "plaintext_servers"),
     # auto, a pairing held, this address opted in: as if no pairing were held
@@ -56,11 +61,13 @@ ROWS = [
     ("auto", "listen", "sendspin", True, False, True, SILENT, P, False, "does not speak"),
     ("auto", "listen", "sendspin", True, False, True, CLOSED, NEXT, False, "next connection"),
     ("auto", "listen", "sendspin", True, False, True, LAST, P, False, "last time"),
+    ("auto", "dial", "sendspin", True, False, True, FAILED, P, False, "could not be completed"),
     ("auto", "dial", "resonate", True, False, True, NOTHING, P, False, "Resonate"),
     # auto, a paired server was reached at this URL: no plaintext there, opted in or not
     ("auto", "dial", "sendspin", True, True, True, NOTHING, E, False, "paired server"),
     ("auto", "dial", "sendspin", True, True, True, SILENT, R, False, "paired server"),
     ("auto", "dial", "sendspin", True, True, False, CLOSED, R, False, "paired server"),
+    ("auto", "dial", "sendspin", True, True, True, FAILED, R, False, "paired server"),
     ("auto", "dial", "resonate", True, True, True, NOTHING, R, False, "paired server"),
 ]
 

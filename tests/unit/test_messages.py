@@ -122,3 +122,16 @@ def test_hello_and_state_json():
                                                                output_delay_ms=3)).to_json())
     assert state == {"type": "client/state", "payload": {"state": "synchronized", "player": {
         "volume": 5, "muted": False, "output_delay_ms": 3}}}
+
+
+def test_secure_hello_in_the_current_and_the_older_noise_form():
+    hello = ClientHello("id", "Kitchen", DeviceInfo("p", "m", "1"),
+                        (StreamFormat("pcm", 48000, 2, 16),), 1000)
+    current = json.loads(hello.to_secure_json(True, spoken_code=True))["payload"]
+    older = json.loads(hello.to_secure_json(True, spoken_code=True, older_noise=True))["payload"]
+    assert "supported_commands" not in current["player@v1_support"]
+    assert set(current["supported_pair_methods"]) == {"pairing_psk", "dynamic_pairing_code"}
+    # aiosendspin 7.x-9.x: commands required in the hello, methods a list, Pairing PSK only
+    assert older["player@v1_support"]["supported_commands"] == ["volume", "mute"]
+    assert older["supported_pair_methods"] == [{"method": "pairing_psk", "locations": ["device"]}]
+    assert "client_id" not in older and older["unpaired_access"] == {"enabled": True}

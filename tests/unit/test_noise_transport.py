@@ -46,8 +46,10 @@ class Initiator:
         c.start_handshake()
         self.c = c
 
-    def msg1(self, psk_id: str, category: str) -> bytes:
-        return bytes(self.c.write_message(json.dumps({"psk_id": psk_id, "psk_category": category}).encode()))
+    def msg1(self, psk_id: str, category: str | None) -> bytes:
+        """Message 1; ``category`` None: the older (aiosendspin 7.x-9.x) payload, psk_id only."""
+        payload = {"psk_id": psk_id} if category is None else {"psk_id": psk_id, "psk_category": category}
+        return bytes(self.c.write_message(json.dumps(payload).encode()))
 
     def read2(self, data: bytes) -> bytes:
         return bytes(self.c.read_message(data))
@@ -86,7 +88,8 @@ class Peer:
         self.noise: Initiator | None = None
         self.received_after_failure: list = []
 
-    async def handshake(self, psk: bytes = SENTINEL_PSK, category: str = "sn", psk_id: str | None = None,
+    async def handshake(self, psk: bytes = SENTINEL_PSK, category: str | None = "sn",
+                        psk_id: str | None = None,
                         *, tamper_init: Callable[[str], str] | None = None,
                         server_init: str | None = None, msg2_psk: bytes | None = None) -> bytes:
         """Run the server side; returns message 2's payload (raises if it does not verify)."""
@@ -202,6 +205,37 @@ def test_sentinel_session_carries_json_audio_and_fragments(tmp_path):
             await sec.send_text(json.dumps({"type": "client/goodbye", "payload": {"reason": "x"}}))
 
     trio.run(run_against, script, client)
+
+
+@pytest.mark.parametrize("kind", ["sn", "pr", "lt"])
+def test_older_variant_finds_the_psk_by_its_id_alone(tmp_path, kind):
+    """aiosendspin 7.x-9.x: message 1 names no psk_category, audio headers are 9 bytes and
+    fragments are typed 2 (first: the original type follows) and 3 (last), both ways."""
+    ident, store = speaker(tmp_path)
+    server = Identity.generate()
+    psk = {"sn": SENTINEL_PSK, "pr": ident.pairing_psk, "lt": os.urandom(32)}[kind]
+    if kind == "lt":
+        store.add_pairing(server.client_id, psk, "Paired")
+    big = os.urandom(MAX_PLAINTEXT + 100)
+
+    async def script(peer: Peer) -> None:
+        assert await peer.handshake(psk, None) == b"{}"
+        await peer.send_plain(struct.pack(">Bq", 4, 123456) + b"pcm!")
+        await peer.send_plain(b"\x02\x04" + big[:MAX_PLAINTEXT - 2])
+        await peer.send_plain(b"\x03" + big[MAX_PLAINTEXT - 2:])
+        first, last = peer.noise.dec(await peer.ws.get_message()), peer.noise.dec(await peer.ws.get_message())
+        assert (first[:2], last[:1]) == (b"\x02\x00", b"\x03")
+        assert json.loads(first[2:] + last[1:])["payload"]["pad"] == "x" * MAX_PLAINTEXT
+
+    async def client(url: str) -> None:
+        async with connect(url) as raw:
+            sec = await client_handshake(raw, ident, make_resolver(ident, store))
+            assert (sec.psk_category, sec.noise_variant, sec.audio_header_size) == (kind, "older", 9)
+            assert (await sec.receive()).data == struct.pack(">Bq", 4, 123456) + b"pcm!"
+            assert (await sec.receive()).data == b"\x04" + big
+            await sec.send_text(json.dumps({"type": "x", "payload": {"pad": "x" * MAX_PLAINTEXT}}))
+
+    trio.run(run_against, script, client, server)
 
 
 def test_long_term_psk_is_selected_and_bound_to_its_server(tmp_path):
@@ -376,7 +410,7 @@ def test_bad_server_init_fails_silently(tmp_path, bad):
     _expect_silent_failure(tmp_path, body)
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[]", b'{"psk_id":"x","psk_category":"sn"}',
+@pytest.mark.parametrize("payload", [b"not json", b"[]", b'{"psk_id":"x","psk_category":"sn"}', b"{}",
                                      json.dumps({"psk_id": SENTINEL_PSK_ID, "psk_category": "zz"}).encode()])
 def test_malformed_message_1_payload_fails_silently(tmp_path, payload):
     async def body(peer: Peer) -> None:

@@ -7,7 +7,8 @@ import json
 from resonate_embedded.control_socket import StatusSnapshot, status_screen
 from resonate_embedded.protocol.messages import ClientState, PlayerState
 from resonate_embedded.protocol.server_profile import (
-    CURRENT, HOLD_OFF_S, REFUSAL_WINDOW_US, STATIC, ProfileKeeper, ServerProfile, held_off,
+    CURRENT, HANDSHAKE_BACKOFF_S, HOLD_OFF_S, REFUSAL_WINDOW_US, STATIC, ProfileKeeper,
+    ServerProfile, handshake_failed, held_off,
     load_profiles, refused, said, shape_player,
 )
 
@@ -87,3 +88,41 @@ def test_a_held_off_server_is_shown_by_status():
     screen = status_screen(StatusSnapshot(server_era=why).to_dict())
     assert "era         server srv refuses every message shape" in screen
     assert held_off({"srv": p.to_dict()}, now_s=HOLD_OFF_S + 1) == (0.0, None)
+
+
+def test_the_older_noise_variant_is_kept_and_means_the_static_shape():
+    profiles: dict = {}
+    keeper = ProfileKeeper(profiles, lambda: None, "srv")
+    keeper.noise("older")
+    assert keeper.choose() == STATIC and "7.x-9.x variant" in keeper.summary()
+    assert load_profiles(profiles)["srv"].noise == "older"
+    keeper.noise("current")
+    assert load_profiles(profiles)["srv"].noise == "current"
+    assert keeper.choose() == CURRENT and "current variant" in keeper.summary()
+
+
+def test_a_repeated_handshake_failure_holds_the_server_off_doubling_and_status_says_why():
+    profiles: dict = {}
+    first = handshake_failed(profiles, "srv", "no psk_id (server/init {...})", False, now_s=0)
+    assert first.hold_off_s(0) == 0  # one failure: the ordinary redial
+    waits = [handshake_failed(profiles, "srv", "again", False, now_s=t).hold_off_s(t)
+             for t in (1, 2, 3)]
+    assert waits == [HANDSHAKE_BACKOFF_S, 2 * HANDSHAKE_BACKOFF_S, 4 * HANDSHAKE_BACKOFF_S]
+    for t in range(4, 20):
+        held = handshake_failed(profiles, "srv", "again", False, now_s=t)
+    assert held.hold_off_s(19) == HOLD_OFF_S
+    seconds, why = held_off(profiles, now_s=19)
+    assert seconds == HOLD_OFF_S and why.startswith("server srv encrypted handshake failed 20 times")
+    assert "era         server srv encrypted handshake failed" in status_screen(
+        StatusSnapshot(server_era=why).to_dict())
+    assert load_profiles(profiles)["srv"] == held  # persisted as is
+    keeper = ProfileKeeper(profiles, lambda: None, "srv")
+    keeper.noise("current")  # a completed handshake forgets the failures
+    assert held_off(profiles, now_s=20) == (0.0, None)
+
+
+def test_a_handshake_failure_with_a_plaintext_fallback_holds_nothing_off():
+    profiles: dict = {}
+    for t in range(5):
+        p = handshake_failed(profiles, "srv", "x", True, now_s=t)
+    assert p.handshake_failures == 5 and p.hold_off_s(5) == 0

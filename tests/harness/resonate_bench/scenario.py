@@ -121,7 +121,7 @@ import sys
 
 from aiosendspin.server.connection import SendspinConnection
 
-_original = SendspinConnection._reload_trusted_unpaired
+_original = getattr(SendspinConnection, "_reload_trusted_unpaired", None)  # 10.x+
 
 
 async def _reload_trusted_unpaired(self):
@@ -130,7 +130,8 @@ async def _reload_trusted_unpaired(self):
         self._trusted_unpaired = True
 
 
-SendspinConnection._reload_trusted_unpaired = _reload_trusted_unpaired
+if _original is not None:
+    SendspinConnection._reload_trusted_unpaired = _reload_trusted_unpaired
 args = [a for a in sys.argv[1:] if a != "-u"]
 sys.argv = args
 runpy.run_path(args[0], run_name="__main__")

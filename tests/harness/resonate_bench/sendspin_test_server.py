@@ -57,7 +57,7 @@ from aiosendspin.server.roles.player.v1 import PlayerV1Role
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also when a wrapper loads us
 from server_era import (  # noqa: E402
-    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_EVENT, declares, delay_ms,
+    CLIENT_CONNECTED, CLIENT_DISCONNECTED, DELAY_COMMAND, DELAY_EVENT, HAS_NOISE, declares, delay_ms,
     WireTruth, delay_us, disable_mdns, event_delay_ms, make_server, set_delay,
 )
 
@@ -659,19 +659,21 @@ class CommandError(Exception):
 def approve_encrypted_unpaired() -> None:
     """Approve every *encrypted* unpaired client for playback, as ``sendspin serve`` does.
 
-    aiosendspin 10 activates no roles for a Noise client that is not paired until the
+    aiosendspin 7.x+ activate no roles for a Noise client that is not paired until the
     operator approves it (``trust_unpaired``). Done per connection, not in the pairing
     store: a store that trusts every client_id would make the transition-mode server
-    refuse all plaintext clients (downgrade protection). Off with --no-approve-unpaired.
+    refuse all plaintext clients (downgrade protection). Each release reads the
+    connection's ``_trusted_unpaired``; this makes it true for every encrypted one.
+    Off with --no-approve-unpaired.
     """
-    original = SendspinConnection._reload_trusted_unpaired
 
-    async def reload(self: SendspinConnection) -> None:
-        await original(self)
-        if self._noise_psk is not None and not self._trusted_unpaired:  # noqa: SLF001
-            self._trusted_unpaired = True  # noqa: SLF001
+    def approved(self: SendspinConnection) -> bool:
+        return self.__dict__.get("_approved", False) or getattr(self, "_noise_psk", None) is not None
 
-    SendspinConnection._reload_trusted_unpaired = reload  # type: ignore[method-assign]
+    def store(self: SendspinConnection, value: bool) -> None:
+        self.__dict__["_approved"] = value
+
+    SendspinConnection._trusted_unpaired = property(approved, store)  # type: ignore[attr-defined]
 
 
 class Harness:
@@ -693,7 +695,7 @@ class Harness:
             disable_mdns(_server_mod)
         WIRE_PROBE.install()
         install_role_hooks()
-        if self.args.approve_unpaired and hasattr(SendspinConnection, "_reload_trusted_unpaired"):
+        if self.args.approve_unpaired and HAS_NOISE:
             approve_encrypted_unpaired()
         WIRE_EVENTS["enabled"] = bool(self.args.wire_events)
         WIRE_TRUTH.enabled = bool(self.args.wire_truth)
