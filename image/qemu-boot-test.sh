@@ -15,6 +15,8 @@
 # QEMU-only changes (EMBEDDED.md §2.2 step 6 and §2.2a): the DTB gets the two-property
 # watchdog patch and no Bluetooth on the PL011 (so it stays the console), the console is the
 # serial port, and systemd.watchdog_device= points nowhere (the emulated watchdog counts host time).
+# The emulated BCM2835 has no running I2S clock, so the player writes to ALSA's null device
+# (systemd.setenv=RESONATE_PLAYER_ARGS=--device=null): READY=1 means it took audio.
 # Environment:
 #   SELFTEST_UNIT  self-test unit started with systemd.wants= (default resonate-selftest.service)
 #   SPEAKER_TXT    file written as speaker.txt (default: a test network and the name QemuSpeaker)
@@ -121,7 +123,8 @@ for ((boot = 1; boot <= MAX_BOOTS; boot++)); do
     [ -n "$bt" ] && fdtput -t s "$dtb" "/soc/serial@7e201000/$bt" status disabled
     cmdline=$(tr '\n' ' ' < "$CMDLINE" | sed -E 's/(^| )console=[^ ]*//g; s/(^| )quiet( |$)/ /g')
     APPEND="console=ttyAMA0,115200 $cmdline systemd.watchdog_device=/dev/resonate-no-watchdog-in-qemu \
-systemd.setenv=SELFTEST_EXPECT_NAME=$expect_name systemd.wants=$UNIT ${QEMU_APPEND:-}"
+systemd.setenv=SELFTEST_EXPECT_NAME=$expect_name systemd.wants=$UNIT \
+systemd.setenv=RESONATE_PLAYER_ARGS=--device=null ${QEMU_APPEND:-}"
     slot=$(grep -o 'rauc\.slot=[A-Z]' <<<"$cmdline" || echo "no rauc.slot")
     echo "boot $boot: $BOARD $CONFIG -> ${PREFIX:-/} ($slot), unit $UNIT, timeout ${TIMEOUT}s"
     echo "=== boot $boot: $CONFIG -> ${PREFIX:-/} ($slot) ===" >> "$LOG"
