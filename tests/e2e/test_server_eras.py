@@ -74,8 +74,9 @@ def peaks_after(result: ScenarioResult, after_ns: int) -> list[int]:
 
 
 async def declared_command(srv, cmd: dict, timeout_s: float = 10.0) -> int:
-    """Send ``cmd`` through the server's own API until the server holds a player that
-    declared it (the server refuses it while none does, e.g. for a moment on a loaded machine);
+    """Send ``cmd`` through the server's own API until the server holds a connected player
+    that declared it (it refuses the command while none does, e.g. for a moment while the
+    player reconnects on a loaded machine);
     returns the local time (ns) at which the accepted attempt was sent."""
     with trio.fail_after(timeout_s):
         while True:
@@ -84,7 +85,7 @@ async def declared_command(srv, cmd: dict, timeout_s: float = 10.0) -> int:
                 await srv.command(cmd)
                 return sent_ns
             except HarnessCommandError as exc:
-                if "declared" not in str(exc):
+                if "declared" not in str(exc) and "no connected client" not in str(exc):
                     raise
             await trio.sleep(0.2)
 
